@@ -1,0 +1,45 @@
+"""``bmengine eval``: score a model on a class-per-folder dataset through the engine's own path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
+
+
+def evaluate(
+    folder: Annotated[Path, typer.Argument(help="Class-per-folder dataset; folder names must be model classes.")],
+    model: ModelOption = DEFAULT_MODEL_PATH,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    batch_size: BatchOption = 64,
+    threads: ThreadsOption = 2,
+) -> None:
+    """Accuracy, macro P/R/F1, per-class F1 and the confusion matrix of MODEL on FOLDER."""
+    from bmengine.engine.backends import BackendOptions, load_backend
+    from bmengine.engine.evaluate import evaluate_files
+    from bmengine.engine.model.card import ModelCardError
+    from bmengine.training.dataset import ImageFolder
+
+    try:
+        backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
+        data = ImageFolder.scan(folder, tuple(backend.card.classes))
+    except (ModelCardError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    report = evaluate_files(backend, list(data.files), data.labels, batch_size=batch_size, threads=threads)
+    report["model"] = {"path": str(model), "sha256": backend.card.weights_sha256, "name": backend.card.name}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{report['n']} crops: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
+               f"top-5 {report['top5_accuracy']:.4f}")
+    for name, f1 in report["per_class_f1"].items():
+        typer.echo(f"  {name:<14} F1 {f1:.4f}  (n={report['per_class'][name]['support']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)

@@ -1,0 +1,32 @@
+"""``bmengine export``: a training checkpoint -> ONNX fp32 + int8 with model cards ([train] extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `bmengine train` (e.g. RUN/checkpoints/best.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="fp32 .onnx path; int8 goes beside it as <stem>_int8.onnx.")],
+    int8: Annotated[bool, typer.Option(help="Also write the int8 static-quantised model.")] = True,
+    calibration_images: Annotated[int, typer.Option(help="Training crops used to calibrate int8.")] = 256,
+    evaluate: Annotated[bool, typer.Option(help="Score both models on the run's validation split.")] = True,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the card (default: file stem).")] = None,
+) -> None:
+    """Export ONNX with a model card (classes, taxonomy, preprocessing, metrics, sha256)."""
+    from bmengine.training.export import ExportConfig, export as run_export
+
+    if not checkpoint.is_file():
+        typer.echo(f"error: {checkpoint}: checkpoint not found", err=True)
+        raise typer.Exit(2)
+    paths = run_export(ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images,
+                                    evaluate=evaluate, name=name), log=lambda m: typer.echo(m, err=True))
+    for precision, path in paths.items():
+        typer.echo(f"{precision}: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)

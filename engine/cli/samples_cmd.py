@@ -1,0 +1,27 @@
+"""``bmengine build-samples``: rebuild the demo's sample slide stores from ../shared/data/pbc."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bmengine.engine.assets import SAMPLE_SLIDES
+
+
+def build_samples(
+    split: Annotated[Path, typer.Option(help="split.json of the default model's training run (crops come from its 'val').")],
+    out: Annotated[Path, typer.Option(help="Where the stores go.")] = SAMPLE_SLIDES,
+    leukocytes: Annotated[int, typer.Option(help="Leukocytes per synthetic patient.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the crop draw.")] = 7,
+) -> None:
+    """Synthetic patients with known mixtures, from real PBC validation crops."""
+    from bmengine.engine.demo import SampleConfig, build_sample_slides
+
+    for path in build_sample_slides(SampleConfig(split, out, leukocytes, seed)):
+        typer.echo(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-samples")(build_samples)

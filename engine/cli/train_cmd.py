@@ -1,0 +1,54 @@
+"""``bmengine train``: train a classifier on a class-per-folder dataset (needs the [train] extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def train(
+    data_dir: Annotated[Path, typer.Argument(help="Class-per-folder dataset (nested sub-folders allowed).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, metrics.")],
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `bmengine train --list`).")] = "regnetx_032",
+    attention: Annotated[str, typer.Option(help="Attention block in every RegNet block, or 'none'.")] = "se",
+    loss: Annotated[str, typer.Option(help="Loss name: ce, cost_sensitive.")] = "cost_sensitive",
+    sampler: Annotated[str, typer.Option(help="shuffle or balanced (equal images per class per batch).")] = "shuffle",
+    taxonomy: Annotated[Optional[str], typer.Option(help="Taxonomy; default: the one whose classes are the folders.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule over all of them).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9).")] = "adamw",
+    resize: Annotated[int, typer.Option(help="Crops are resized to this square size first.")] = 128,
+    crop: Annotated[int, typer.Option(help="Network input size (random crop in training, centre crop after).")] = 112,
+    val_fraction: Annotated[float, typer.Option(help="Stratified validation share, never trained on.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the run.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.pt if present.")] = True,
+    limit_per_class: Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")] = None,
+    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
+    list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
+) -> None:
+    """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
+    from bmengine.training.trainer import TrainConfig, train as run_training
+
+    if list_parts:
+        from bmengine.training.losses import LOSSES
+        from bmengine.training.models import ATTENTION, BACKBONES
+
+        typer.echo(f"backbones: {', '.join(BACKBONES.names())}")
+        typer.echo(f"attention: {', '.join(ATTENTION.names())}")
+        typer.echo(f"losses:    {', '.join(LOSSES.names())}")
+        return
+    cfg = TrainConfig(
+        data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
+        loss=loss, sampler=sampler, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
+    typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

@@ -1,0 +1,105 @@
+"""What can this machine run? Each check returns (ok, detail); none of them raises."""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _tiny_jpeg() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 120, 160)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _dali_cpu() -> str:
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+    pipe = CropPipeline(PipelineSpec(32, 24, (0.5,) * 3, (0.5,) * 3, batch_size=1, num_threads=1))
+    batch, good, errors = pipe.decode([_tiny_jpeg()])
+    if not good:
+        raise RuntimeError(errors[0])
+    return f"decoded a JPEG to {tuple(batch.shape)}"
+
+
+def _cuda_gpus() -> str:
+    from cuda.bindings import runtime as cudart
+
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or count == 0:
+        raise RuntimeError("no CUDA device visible")
+    return f"{count} CUDA device(s)"
+
+
+def _dali_gpu() -> str:
+    _cuda_gpus()
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+    pipe = CropPipeline(PipelineSpec(32, 24, (0.5,) * 3, (0.5,) * 3, device="gpu", batch_size=1, num_threads=1))
+    _, good, errors = pipe.decode([_tiny_jpeg()])
+    if not good:
+        raise RuntimeError(errors[0])
+    return "nvJPEG decode on the GPU works"
+
+
+def _version(module: str) -> Callable[[], str]:
+    def check() -> str:
+        mod = __import__(module)
+        return f"{module} {getattr(mod, '__version__', '?')}"
+
+    return check
+
+
+def _onnxruntime() -> str:
+    import onnxruntime as ort
+
+    return f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}"
+
+
+def _default_model() -> str:
+    from bmengine.engine.assets import DEFAULT_MODEL
+    from bmengine.engine.model.card import load_card
+
+    card = load_card(DEFAULT_MODEL)
+    return f"{DEFAULT_MODEL.name}: {card.name}, {len(card.classes)} classes, sha256 {card.weights_sha256[:12]}…"
+
+
+def _triton() -> str:
+    import triton
+
+    mode = "interpreter (TRITON_INTERPRET=1)" if os.environ.get("TRITON_INTERPRET") == "1" else "compiled (needs a GPU)"
+    return f"triton {triton.__version__}, {mode}"
+
+
+CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
+    "onnxruntime": ("ONNX models (.onnx) on the CPU", _onnxruntime),
+    "dali-cpu": ("DALI decode/resize/normalise on the CPU", _dali_cpu),
+    "default-model": ("shipped default model and its card", _default_model),
+    "cuda": ("a CUDA GPU", _cuda_gpus),
+    "dali-gpu": ("DALI on the GPU (nvJPEG)", _dali_gpu),
+    "tensorrt": ("TensorRT engines (.plan), [gpu] extra", _version("tensorrt")),
+    "torch": ("training and .pt models, [train] extra", _version("torch")),
+    "timm": ("backbones for training, [train] extra", _version("timm")),
+    "triton": ("Triton kernels (bmengine.kernels)", _triton),
+}
+
+
+def run_checks() -> list[Check]:
+    results = []
+    for name, (what, probe) in CHECKS.items():
+        try:
+            results.append(Check(f"{name}: {what}", True, probe()))
+        except Exception as exc:  # a doctor reports; it never crashes
+            results.append(Check(f"{name}: {what}", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"))
+    return results

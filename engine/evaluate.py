@@ -1,0 +1,45 @@
+"""Score a model on labelled crops through the engine's own path (DALI preprocessing + backend).
+
+What ``bmengine eval`` reports is therefore what ``bmengine run`` does, int8 and all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bmengine.engine.backends import Backend
+from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+
+def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
+                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
+    """Probabilities (N, C) for image files; rows of files that fail to decode are NaN."""
+    prep = backend.card.preprocessing
+    pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, device=backend.device,
+                                         batch_size=batch_size, num_threads=threads))
+    probs = np.full((len(files), len(backend.card.classes)), np.nan, dtype=np.float32)
+    errors: list[str | None] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        batch, good, errs = pipeline.decode([Path(f).read_bytes() for f in chunk])
+        if good:
+            probs[start + np.asarray(good)] = backend.infer(batch)
+        errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(errs)]
+        if progress:
+            progress(len(chunk))
+    return probs, errors
+
+
+def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, **kwargs) -> dict:
+    """Classification report over the files that decoded (the others are counted in ``n_failed``)."""
+    from bmengine.training.metrics import classification_report
+
+    probs, errors = predict_files(backend, files, **kwargs)
+    ok = ~np.isnan(probs).any(axis=1)
+    report = classification_report(np.asarray(labels)[ok], probs[ok], list(backend.card.classes))
+    report["n_failed"] = int((~ok).sum())
+    report["failed"] = [e for e in errors if e][:20]
+    return report

@@ -1,0 +1,214 @@
+"""``bmengine run``: every slide store in a folder -> cells tables, differentials, report, run record.
+
+One bad crop never stops its slide (it becomes an error row); one bad slide never stops the run
+(it is recorded and the run goes on); a killed run resumes from its per-slide markers.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from bmengine.engine import __version__
+from bmengine.engine.backends import Backend, BackendOptions, load_backend
+from bmengine.engine.outputs.atomic import atomic_path, atomic_write_text
+from bmengine.engine.pipeline import resume
+from bmengine.engine.pipeline.classify import cells_table, classify_slide
+from bmengine.engine.pipeline.reader import DaskCropReader
+from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+EXIT_OK, EXIT_SLIDE_FAILED, EXIT_CROP_ERRORS = 0, 1, 3
+
+
+@dataclass
+class RunConfig:
+    slides_dir: Path
+    model: Path
+    out_dir: Path
+    batch_size: int = 64
+    threads: int = 2
+    scheduler: str | None = None  # Dask scheduler address; None = a local cluster in this process
+    device_id: int = 0
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class SlideStatus:
+    slide_id: str
+    store: str
+    status: str  # ok | skipped (already done) | failed
+    n_crops: int = 0
+    n_errors: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    statuses: list[SlideStatus]
+    rows: list[dict]
+    report: Path | None
+    run_record: Path
+    crops_per_second: float
+    exit_code: int
+
+
+class Progress:
+    """What the run tells its caller as it goes; the CLI draws bars from it."""
+
+    def slides_found(self, n_slides: int, n_crops: int) -> None: ...
+    def slide_started(self, slide_id: str, n_crops: int) -> None: ...
+    def crops_done(self, n: int) -> None: ...
+    def slide_finished(self, status: SlideStatus) -> None: ...
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("onnxruntime", "nvidia-dali-cuda130", "zarr", "dask", "distributed", "numpy", "tensorrt"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, backend: Backend, taxonomy,
+                   progress: Progress, model_info: dict) -> tuple[dict, int]:
+    from bmengine.engine.outputs.differential import summarize_slide
+    from bmengine.engine.outputs.plots import plot_histogram
+
+    resume.clear_slide(slide_dir)
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    result = classify_slide(store, reader, pipeline, backend, cfg.batch_size, on_batch=progress.crops_done)
+    cells = cells_table(store, result, list(backend.card.classes))
+    with atomic_path(slide_dir / "cells.parquet") as tmp:
+        cells.to_parquet(tmp, index=False)
+    row = summarize_slide(store.slide_id, cells, taxonomy, patient_id=store.patient_id)
+    row["model_sha256"] = model_info["sha256"]
+    row["bmengine_version"] = __version__
+    plot_histogram(row, taxonomy, slide_dir / "histogram.png", title=f"{store.slide_id} ({row['n_cells']} cells)")
+    return row, int(cells["error"].notna().sum())
+
+
+def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
+    """Classify every store in ``cfg.slides_dir``; see the module docstring for failure rules."""
+    from bmengine.engine.outputs.differential import write_differential
+    from bmengine.engine.outputs.report import write_report
+    from bmengine.engine.store import SlideStore, find_slide_stores
+    from bmengine.engine.taxonomy import get_taxonomy
+
+    progress = progress or Progress()
+    started, t0 = _utc_now(), time.perf_counter()
+    stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
+    backend = load_backend(cfg.model, BackendOptions(cfg.threads, cfg.device_id, cfg.batch_size))
+    card = backend.card
+    taxonomy = get_taxonomy(card.taxonomy)
+    model_info = {"path": str(cfg.model), "name": card.name, "sha256": card.weights_sha256,
+                  "precision": card.precision, "backend": backend.name, "taxonomy": card.taxonomy}
+    prep = card.preprocessing
+    pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, device=backend.device,
+                                         batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id))
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+
+    opened: list[tuple[Path, object | None, str | None]] = []
+    for path in stores:
+        try:
+            opened.append((path, SlideStore.open(path), None))
+        except Exception as exc:  # a malformed store is that slide's failure, not the run's
+            opened.append((path, None, f"{type(exc).__name__}: {exc}"))
+    progress.slides_found(len(opened), sum(s.n_cells for _, s, _ in opened if s is not None))
+
+    statuses: list[SlideStatus] = []
+    rows: list[dict] = []
+    seen: dict[str, Path] = {}
+    crops_classified, classify_seconds = 0, 0.0
+    with DaskCropReader(cfg.scheduler, threads=cfg.threads) as reader:
+        for path, store, open_error in opened:
+            slide_id = store.slide_id if store is not None else path.name.removesuffix(".zarr")
+            status = SlideStatus(slide_id, str(path), "failed", error=open_error)
+            if store is not None and slide_id in seen:
+                status.error = f"slide id {slide_id!r} also used by {seen[slide_id]}; rename one store"
+            if status.error is not None:
+                statuses.append(status)
+                progress.slide_finished(status)
+                continue
+            seen[slide_id] = path
+            slide_dir = cfg.out_dir / slide_id
+            status.n_crops = store.n_cells
+            store_hash = store.content_hash()
+            done = resume.finished_record(slide_dir, card.weights_sha256, store_hash)
+            if done is not None:
+                status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
+                rows.append(done["row"])
+                statuses.append(status)
+                progress.crops_done(store.n_cells)
+                progress.slide_finished(status)
+                continue
+            progress.slide_started(slide_id, store.n_cells)
+            t_slide = time.perf_counter()
+            try:
+                row, n_errors = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
+                                               progress, model_info)
+            except Exception as exc:
+                status.error = f"{type(exc).__name__}: {exc}"
+                status.seconds = time.perf_counter() - t_slide
+                resume.write_record(slide_dir, {**asdict(status), "traceback": traceback.format_exc(),
+                                                "model_sha256": card.weights_sha256, "store_hash": store_hash})
+            else:
+                status.status, status.n_errors = "ok", n_errors
+                status.seconds = time.perf_counter() - t_slide
+                crops_classified += store.n_cells
+                classify_seconds += status.seconds
+                rows.append(row)
+                resume.write_record(slide_dir, {**asdict(status), "model_sha256": card.weights_sha256,
+                                                "store_hash": store_hash, "bmengine_version": __version__,
+                                                "row": row})
+            statuses.append(status)
+            progress.slide_finished(status)
+    backend.close()
+
+    metadata = {"model_sha256": card.weights_sha256, "bmengine_version": __version__}
+    report = None
+    if rows:
+        write_differential(rows, cfg.out_dir, metadata=metadata)
+    rate = crops_classified / classify_seconds if classify_seconds else 0.0
+    run_info = {
+        "bmengine_version": __version__,
+        "command": cfg.command,
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k != "command"},
+        "model": model_info,
+        "taxonomy": taxonomy.name,
+        "started_at": started,
+        "finished_at": _utc_now(),
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "crops_classified": crops_classified,
+        "crops_per_second": round(rate, 1),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(), "versions": _versions()},
+        "slides": [asdict(s) for s in statuses],
+    }
+    truth = {s.slide_id: st.provenance.get("known_mixture_pct") for _, st, _ in opened if st is not None
+             for s in [st] if isinstance(st.provenance.get("known_mixture_pct"), dict)}
+    report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy, truth=truth or None)
+    failed = any(s.status == "failed" for s in statuses)
+    crop_errors = any(s.n_errors for s in statuses)
+    exit_code = EXIT_SLIDE_FAILED if failed else EXIT_CROP_ERRORS if crop_errors else EXIT_OK
+    run_info["exit_code"] = exit_code
+    record = cfg.out_dir / "run.json"
+    atomic_write_text(record, json.dumps(run_info, indent=2, default=str) + "\n")
+    return RunResult(statuses, rows, report, record, rate, exit_code)

@@ -1,0 +1,165 @@
+"""One DALI pipeline definition for crops: decode -> resize -> centre crop -> normalise.
+
+The device is a parameter: ``"cpu"`` decodes on host threads (this machine), ``"gpu"`` decodes
+with nvJPEG ("mixed") and resizes/normalises on the GPU, leaving the batch in device memory for
+TensorRT. The trainer uses the same definition (``normalize=False``) to build its image cache,
+so training and inference see identical resampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+Device = Literal["cpu", "gpu"]
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    normalize: bool = True  # False: uint8 HWC after the crop (trainer's cache)
+    device: Device = "cpu"
+    batch_size: int = 64
+    num_threads: int = 2
+    device_id: int = 0
+
+
+def _define(spec: PipelineSpec):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(enable_conditionals=False)
+    def crop_pipeline():
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        decoder_device = "mixed" if spec.device == "gpu" else "cpu"
+        images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+        images = fn.resize(images, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
+        if spec.normalize:
+            return fn.crop_mirror_normalize(
+                images,
+                crop=(spec.crop, spec.crop),
+                mean=[255.0 * m for m in spec.mean],
+                std=[255.0 * s for s in spec.std],
+                dtype=types.FLOAT,
+                output_layout="CHW",
+            )
+        return fn.crop(images, crop=(spec.crop, spec.crop), out_of_bounds_policy="trim_to_shape")
+
+    device_id = spec.device_id if spec.device == "gpu" else None
+    return crop_pipeline(
+        batch_size=spec.batch_size,
+        num_threads=spec.num_threads,
+        device_id=device_id,
+        prefetch_queue_depth=1,
+        exec_dynamic=spec.device == "gpu",
+    )
+
+
+class CropPipeline:
+    """Decode a batch of encoded crops; a crop that fails to decode comes back as an error.
+
+    DALI fails a whole batch when one sample is bad, so on failure the batch is retried one crop
+    at a time on a fresh pipeline to name the culprits; good crops are never lost.
+    """
+
+    def __init__(self, spec: PipelineSpec):
+        self.spec = spec
+        self._pipe = None
+
+    def _pipeline(self):
+        if self._pipe is None:
+            self._pipe = _define(self.spec)
+            self._pipe.build()
+        return self._pipe
+
+    def _run(self, samples: Sequence[np.ndarray]):
+        pipe = self._pipeline()
+        pipe.feed_input("encoded", list(samples))
+        (out,) = pipe.run()
+        return out
+
+    def _to_numpy(self, out) -> np.ndarray:
+        if self.spec.device == "gpu":
+            out = out.as_cpu()
+        return np.stack([np.asarray(out[i]) for i in range(len(out))])
+
+    def decode(self, crops: Sequence[bytes | np.ndarray]) -> tuple[object, list[int], list[str | None]]:
+        """Return ``(batch, good, errors)`` for a list of encoded crops.
+
+        ``batch`` holds the decoded crops listed in ``good`` (a NumPy array on the CPU; a dense
+        DALI GPU tensor on the GPU, ready for TensorRT); ``errors[i]`` says why crop i failed.
+        """
+        if len(crops) > self.spec.batch_size:
+            raise ValueError(f"{len(crops)} crops exceed the pipeline batch size {self.spec.batch_size}")
+        samples = [_as_array(c) for c in crops]
+        errors: list[str | None] = ["empty crop (0 bytes)" if s.size == 0 else None for s in samples]
+        good = [i for i, e in enumerate(errors) if e is None]
+        if not good:
+            return None, [], errors
+        try:
+            return self._dense(self._run([samples[i] for i in good])), good, errors
+        except RuntimeError:
+            self._pipe = None  # a DALI pipeline that failed is no longer valid
+        for i in good:  # find the culprits one crop at a time, then decode the rest together
+            try:
+                self._run([samples[i]])
+            except RuntimeError as exc:
+                self._pipe = None
+                errors[i] = "decode failed: " + describe_decode_failure(samples[i], str(exc))
+        good = [i for i, e in enumerate(errors) if e is None]
+        if not good:
+            return None, [], errors
+        return self._dense(self._run([samples[i] for i in good])), good, errors
+
+    def decode_to_numpy(self, crops: Sequence[bytes | np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+        """Like :meth:`decode`, as a host array with zeros in the failed crops' slots."""
+        batch, good, errors = self.decode(crops)
+        out = np.zeros((len(crops),) + self.output_shape, dtype=self.output_dtype)
+        if good:
+            out[good] = self.to_numpy(batch)
+        return out, errors
+
+    def _dense(self, out):
+        """A DALI TensorList as one dense batch: NumPy on the CPU, a contiguous GPU tensor on the GPU."""
+        if self.spec.device == "gpu":
+            return out.as_tensor()
+        return np.asarray(out.as_tensor())
+
+    def to_numpy(self, batch) -> np.ndarray:
+        if isinstance(batch, np.ndarray):
+            return batch
+        return np.asarray(batch.as_cpu())
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        c = self.spec.crop
+        return (3, c, c) if self.spec.normalize else (c, c, 3)
+
+    @property
+    def output_dtype(self):
+        return np.float32 if self.spec.normalize else np.uint8
+
+
+def _as_array(crop: bytes | np.ndarray) -> np.ndarray:
+    if isinstance(crop, np.ndarray):
+        return crop.astype(np.uint8, copy=False).reshape(-1)
+    return np.frombuffer(crop, dtype=np.uint8)
+
+
+def describe_decode_failure(sample: np.ndarray, message: str) -> str:
+    """Name what is wrong with a crop that would not decode (DALI's own text is generic)."""
+    head = bytes(sample[:8])
+    if head.startswith(b"\xff\xd8"):
+        what = "JPEG truncated (no end-of-image marker)" if bytes(sample[-2:]) != b"\xff\xd9" else "corrupt JPEG data"
+    elif head.startswith(b"\x89PNG"):
+        what = "corrupt PNG data"
+    elif head[:4] in (b"II*\x00", b"MM\x00*"):
+        what = "corrupt TIFF data"
+    else:
+        what = f"not a JPEG, PNG or TIFF (starts {head[:4].hex()})"
+    detail = [ln.strip() for ln in message.splitlines() if ln.strip().startswith(("Failed to", "nvImageCodec"))]
+    return what + (f" [{detail[0]}]" if detail else "")

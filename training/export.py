@@ -1,0 +1,190 @@
+"""Checkpoint -> ONNX (fp32) + int8 static-quantised ONNX, each with a model card.
+
+int8 uses ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on real training
+crops decoded by the engine's pipeline; dynamic int8 is avoided (measured 6-8 img/s here vs 130+
+for static). Both models are scored on the run's validation split through the engine's own
+preprocessing, and the numbers go into their cards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bmengine.engine import __version__
+from bmengine.engine.model.card import ModelCard, Preprocessing, sha256_of, write_card
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: Path
+    out: Path  # the fp32 .onnx; the int8 model goes beside it as <stem>_int8.onnx
+    int8: bool = True
+    calibration_images: int = 256
+    evaluate: bool = True
+    opset: int = 17
+    name: str | None = None
+
+
+def _load(checkpoint: Path):
+    import torch
+
+    from bmengine.training.models import ModelSpec, create_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = create_model(ModelSpec(**state["model_spec"])).eval()
+    model.load_state_dict(state["model"])
+    return model, state
+
+
+def export_onnx(model, path: Path, crop: int, opset: int) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, crop, crop)
+    tmp = path.with_name(path.name + ".partial")
+    torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                      dynamo=False)
+    tmp.replace(path)
+
+
+def _split_files(state: dict, checkpoint: Path) -> dict[str, list[str]]:
+    split = Path(state["config"]["run_dir"]) / "split.json"
+    if not split.is_file():
+        split = checkpoint.parent.parent / "split.json"
+    return json.loads(split.read_text())
+
+
+def _labels_for(files: list[str], classes: list[str]) -> np.ndarray:
+    """Class of each file from its class folder (nested sub-folders allowed)."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = []
+    for f in files:
+        parts = Path(f).parts
+        labels.append(next(index[p] for p in reversed(parts[:-1]) if p in index))
+    return np.asarray(labels)
+
+
+class _CalibrationReader:
+    """ONNX Runtime CalibrationDataReader over real crops, preprocessed by the engine's pipeline."""
+
+    def __init__(self, files: list[str], prep: Preprocessing, input_name: str, batch_size: int = 32):
+        from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+        self.pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, batch_size=batch_size))
+        self.batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+        self.input_name = input_name
+
+    def get_next(self):
+        if not self.batches:
+            return None
+        chunk = self.batches.pop(0)
+        batch, _ = self.pipeline.decode_to_numpy([Path(f).read_bytes() for f in chunk])
+        return {self.input_name: batch}
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    tmp = int8_path.with_name(int8_path.name + ".partial")
+    try:
+        quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image"),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        tmp.replace(int8_path)
+    finally:
+        pre.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def _stratified_sample(files: list[str], labels: np.ndarray, n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    per_class = max(1, n // len(np.unique(labels)))
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return [files[i] for i in np.sort(np.concatenate(picks))]
+
+
+def _card(state: dict, weights: Path, precision: str, name: str, prep: Preprocessing, extra: dict) -> ModelCard:
+    cfg = state["config"]
+    return ModelCard(
+        name=name,
+        classes=list(state["classes"]),
+        taxonomy=state["taxonomy"],
+        architecture={**state["model_spec"], "loss": cfg["loss"], "sampler": cfg["sampler"], "framework": "timm"},
+        preprocessing=prep,
+        weights_file=weights.name,
+        weights_sha256=sha256_of(weights),
+        precision=precision,
+        training={
+            "data": cfg["data_dir"],
+            "command": state.get("command", ""),
+            "epochs": state["epoch"],
+            "batch_size": cfg["batch_size"],
+            "optimizer": cfg["optimizer"],
+            "lr": cfg["lr"],
+            "seed": cfg["seed"],
+            "val_fraction": cfg["val_fraction"],
+            "train_seconds": round(state.get("train_seconds_total", 0.0), 1),
+            "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in state["history"]])), 1),
+            "history": state["history"],
+            **extra.get("training", {}),
+        },
+        metrics=extra.get("metrics", {}),
+        created_by={"software": "bmengine", "version": __version__},
+    )
+
+
+def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Write the fp32 ONNX (and the int8 one) with cards; returns {"fp32": path, "int8": path}."""
+    from bmengine.engine.backends import BackendOptions
+    from bmengine.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from bmengine.engine.evaluate import evaluate_files
+
+    model, state = _load(cfg.checkpoint)
+    tcfg = state["config"]
+    prep = Preprocessing(resize=tcfg["resize"], crop=tcfg["crop"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]))
+    name = cfg.name or cfg.out.stem
+    outputs = {"fp32": cfg.out}
+    export_onnx(model, cfg.out, prep.crop, cfg.opset)
+    log(f"wrote {cfg.out}")
+    split = _split_files(state, cfg.checkpoint)
+    classes = list(state["classes"])
+    if cfg.int8:
+        int8 = cfg.out.with_name(cfg.out.stem + "_int8.onnx")
+        train_files = split["train"]
+        calib = _stratified_sample(train_files, _labels_for(train_files, classes), cfg.calibration_images)
+        t0 = time.perf_counter()
+        quantize_int8(cfg.out, int8, calib, prep)
+        log(f"wrote {int8} (calibrated on {len(calib)} training crops in {time.perf_counter() - t0:.0f}s)")
+        outputs["int8"] = int8
+    val_files = split["val"]
+    val_labels = _labels_for(val_files, classes)
+    for precision, path in outputs.items():
+        extra: dict = {"training": {"calibration_images": cfg.calibration_images} if precision == "int8" else {}}
+        card = _card(state, path, precision, f"{name}" + ("-int8" if precision == "int8" else ""), prep, extra)
+        write_card(card, path)  # provisional card: the backend refuses a model without one
+        if cfg.evaluate:
+            backend = OnnxRuntimeBackend(path, card, BackendOptions())
+            t0 = time.perf_counter()
+            report = evaluate_files(backend, [Path(f) for f in val_files], val_labels)
+            seconds = time.perf_counter() - t0
+            card.metrics = {
+                "validation": {k: report[k] for k in ("n", "accuracy", "top5_accuracy", "macro_precision",
+                                                      "macro_recall", "macro_f1", "per_class_f1", "confusion_matrix")},
+                "validation_split": f"{len(val_files)} crops held out by seed {tcfg['seed']} "
+                                    f"(stratified {tcfg['val_fraction']:.0%}), never trained on",
+                "engine_img_per_s_2_threads": round(len(val_files) / seconds, 1),
+            }
+            write_card(card, path)
+            log(f"{precision}: val accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f} "
+                f"({len(val_files) / seconds:.0f} img/s decode+infer)")
+    return outputs

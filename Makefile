@@ -8,7 +8,7 @@ ENGINE_STAMP := $(VENV)/.bmengine-engine
 TRAIN_STAMP := $(VENV)/.bmengine-train
 PBC ?= ../shared/data/pbc
 RUN_DIR ?= runs/default-pbc
-DEFAULT_MODEL := engine/assets/models/pbc_regnetx032_se_cs.onnx
+EXPORT := $(RUN_DIR)/export/pbc_regnetx032_se_cs.onnx
 
 .PHONY: demo test install install-train default-model sample-slides bench doctor clean
 
@@ -41,8 +41,9 @@ test: $(TRAIN_STAMP)
 default-model: $(TRAIN_STAMP)
 	$(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone regnetx_032 --attention se --loss cost_sensitive \
 		--epochs 10 --batch-size 64 --lr 2e-3 --resize 128 --crop 112 --seed 0
-	$(BMENGINE) export $(RUN_DIR)/checkpoints/best.pt --out $(DEFAULT_MODEL) --name pbc-regnetx032-se-cs
-	rm -f $(DEFAULT_MODEL) engine/assets/models/pbc_regnetx032_se_cs.card.json  # ship int8 only (size)
+	$(BMENGINE) export $(RUN_DIR)/checkpoints/best.pt --out $(EXPORT) --name pbc-regnetx032-se-cs
+	mkdir -p engine/assets/models  # only the int8 model ships (size); its card records fp32 too
+	cp $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx.card.json engine/assets/models/
 
 ## sample-slides: rebuild the demo's synthetic patients from the default run's validation crops
 sample-slides: $(ENGINE_STAMP)

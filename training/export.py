@@ -168,6 +168,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
         outputs["int8"] = int8
     val_files = split["val"]
     val_labels = _labels_for(val_files, classes)
+    scored: dict[str, dict] = {}
     for precision, path in outputs.items():
         extra: dict = {"training": {"calibration_images": cfg.calibration_images} if precision == "int8" else {}}
         card = _card(state, path, precision, f"{name}" + ("-int8" if precision == "int8" else ""), prep, extra)
@@ -184,6 +185,10 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
                                     f"(stratified {tcfg['val_fraction']:.0%}), never trained on",
                 "engine_img_per_s_2_threads": round(len(val_files) / seconds, 1),
             }
+            scored[precision] = card.metrics["validation"]
+            if precision == "int8":  # the int8 card also records the fp32 model it came from
+                card.metrics["fp32_validation"] = {k: scored["fp32"][k] for k in
+                                                   ("accuracy", "macro_f1", "per_class_f1")}
             write_card(card, path)
             log(f"{precision}: val accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f} "
                 f"({len(val_files) / seconds:.0f} img/s decode+infer)")

@@ -71,8 +71,9 @@ class ModelCard:
 
 
 def card_path_for(model_path: Path) -> Path:
-    """``model.onnx`` -> ``model.card.json`` (one card per model file, int8 and fp32 alike)."""
-    return model_path.with_name(model_path.stem + ".card.json")
+    """``model.onnx`` -> ``model.onnx.card.json``: one card per model file, so ``x.onnx`` and the
+    ``x.plan`` compiled from it can sit side by side, each with its own sha256."""
+    return model_path.with_name(model_path.name + ".card.json")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -100,6 +100,7 @@ class CropPipeline:
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
             return None, [], errors
+        self._pipeline()  # a pipeline that cannot be built is the machine's problem, not the crops'
         try:
             return self._dense(self._run([samples[i] for i in good])), good, errors
         except RuntimeError:

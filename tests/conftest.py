@@ -1,0 +1,68 @@
+"""Shared fixtures: real crops from ../shared/data and a real (tiny) trained + exported model."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+PBC = DATA / "pbc"
+BM = DATA / "bm_samples"
+BMENGINE = [sys.executable, "-m", "bmengine.engine.cli.app"]
+
+
+def pbc_files(cls: str, n: int, offset: int = 0) -> list[Path]:
+    """The first ``n`` crops of a PBC class, sorted (a stable, real sample)."""
+    files = sorted((PBC / cls).glob("*.jpg"))[offset : offset + n]
+    assert len(files) == n, f"need {n} crops of {cls} in {PBC}"
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_data():
+    if not PBC.is_dir():
+        pytest.skip(f"real crops not found at {PBC} (../shared/data beside the repo)", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def pbc_subset(tmp_path_factory) -> Path:
+    """A class-per-folder copy of 12 real crops per PBC class (nested like Matek's TCIA layout)."""
+    root = tmp_path_factory.mktemp("pbc_subset")
+    for cls in sorted(p.name for p in PBC.iterdir() if p.is_dir()):
+        target = root / cls / "0001-1000"
+        target.mkdir(parents=True)
+        for f in pbc_files(cls, 12):
+            (target / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, pbc_subset) -> Path:
+    """A real model: trained 2 short epochs with `bmengine train`, exported with `bmengine export`.
+
+    Returns the int8 ONNX path (fp32 sits beside it); both carry cards.
+    """
+    pytest.importorskip("torch", reason="training needs the [train] extra")
+    run = tmp_path_factory.mktemp("tiny_run")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run(BMENGINE + ["train", str(pbc_subset), "--out", str(run), "--backbone", "regnetx_002",
+                               "--epochs", "2", "--batch-size", "16", "--resize", "72", "--crop", "64",
+                               "--max-steps-per-epoch", "3"], check=True, env=env, capture_output=True)
+    out = run / "export" / "tiny.onnx"
+    subprocess.run(BMENGINE + ["export", str(run / "checkpoints" / "last.pt"), "--out", str(out),
+                               "--calibration-images", "32"], check=True, env=env, capture_output=True)
+    return out.with_name("tiny_int8.onnx")
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

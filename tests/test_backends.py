@@ -1,0 +1,58 @@
+"""Every backend behind one interface: ONNX Runtime vs PyTorch parity; TensorRT skips without a GPU."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from bmengine.engine.backends import BackendOptions, known_backends, load_backend
+from bmengine.engine.evaluate import predict_files
+from bmengine.engine.model import card_path_for, load_card, sha256_of, write_card
+from conftest import pbc_files
+
+
+def test_suffixes_map_to_backends():
+    assert known_backends()[".onnx"] == "onnxruntime"
+    assert known_backends()[".plan"] == "tensorrt"
+    assert known_backends()[".pt"] == "torch"
+
+
+def test_int8_agrees_with_fp32_on_real_crops(tiny_model):
+    files = [f for cls in ("neutrophil", "lymphocyte", "platelet") for f in pbc_files(cls, 8, offset=40)]
+    fp32, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
+    int8, errors = predict_files(load_backend(tiny_model), files)
+    assert errors == [None] * len(files)
+    assert np.allclose(fp32.sum(axis=1), 1, atol=1e-4) and np.allclose(int8.sum(axis=1), 1, atol=1e-4)
+    assert np.abs(fp32 - int8).max() < 0.15
+
+
+def test_torch_backend_matches_onnx_runtime(tiny_model, tmp_path):
+    torch = pytest.importorskip("torch", reason="the torch backend needs the [train] extra")
+    run = tiny_model.parent.parent
+    state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    pt = tmp_path / "tiny.pt"
+    torch.save({"model_spec": state["model_spec"], "model": state["model"]}, pt)
+    card = load_card(tiny_model.with_name("tiny.onnx"))
+    card.weights_file, card.weights_sha256 = pt.name, sha256_of(pt)
+    write_card(card, pt)
+    files = pbc_files("eosinophil", 6, offset=40)
+    onnx_probs, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
+    torch_probs, _ = predict_files(load_backend(pt), files)
+    assert np.abs(onnx_probs - torch_probs).max() < 1e-3
+
+
+def test_tensorrt_backend_needs_tensorrt(tiny_model, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        plan = tmp_path / "tiny.plan"
+        shutil.copy(tiny_model, plan)
+        card = load_card(tiny_model)
+        card.weights_file, card.weights_sha256 = plan.name, sha256_of(plan)
+        write_card(card, plan)
+        from bmengine.engine.model import ModelCardError
+
+        with pytest.raises(ModelCardError, match="TensorRT is not installed"):
+            load_backend(plan)
+    else:
+        pytest.skip("TensorRT is installed: the GPU tests cover the real engine")

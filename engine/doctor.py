@@ -27,10 +27,10 @@ def _dali_cpu() -> str:
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
     pipe = CropPipeline(PipelineSpec(32, 24, (0.5,) * 3, (0.5,) * 3, batch_size=1, num_threads=1))
-    batch, good, errors = pipe.decode([_tiny_jpeg()])
-    if not good:
-        raise RuntimeError(errors[0])
-    return f"decoded a JPEG to {tuple(batch.shape)}"
+    decoded = pipe.decode([_tiny_jpeg()])
+    if not decoded.good:
+        raise RuntimeError(decoded.errors[0])
+    return f"decoded a JPEG to {tuple(decoded.pixels.shape)}"
 
 
 def _cuda_gpus() -> str:
@@ -47,9 +47,9 @@ def _dali_gpu() -> str:
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
     pipe = CropPipeline(PipelineSpec(32, 24, (0.5,) * 3, (0.5,) * 3, device="gpu", batch_size=1, num_threads=1))
-    _, good, errors = pipe.decode([_tiny_jpeg()])
-    if not good:
-        raise RuntimeError(errors[0])
+    decoded = pipe.decode([_tiny_jpeg()])
+    if not decoded.good:
+        raise RuntimeError(decoded.errors[0])
     return "nvJPEG decode on the GPU works"
 
 

@@ -24,10 +24,10 @@ def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64,
     errors: list[str | None] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        batch, good, errs = pipeline.decode([Path(f).read_bytes() for f in chunk])
-        if good:
-            probs[start + np.asarray(good)] = backend.infer(batch)
-        errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(errs)]
+        decoded = pipeline.decode([Path(f).read_bytes() for f in chunk])
+        if decoded.good:
+            probs[start + np.asarray(decoded.good)] = backend.infer(decoded.pixels)
+        errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(decoded.errors)]
         if progress:
             progress(len(chunk))
     return probs, errors

@@ -18,7 +18,7 @@ def _pipe(**kw):
 
 def test_decodes_real_jpegs_to_normalised_chw():
     crops = [f.read_bytes() for f in pbc_files("neutrophil", 6)]
-    batch, good, errors = _pipe().decode(crops)
+    batch, good, errors, _ = _pipe().decode(crops)
     assert batch.shape == (6, 3, 64, 64) and batch.dtype == np.float32
     assert good == list(range(6)) and errors == [None] * 6
     # normalised: centred near 0 with unit-ish spread, not 0..255
@@ -37,13 +37,13 @@ def test_matches_a_pil_reference_within_resampling_noise():
 def test_bad_crops_are_named_and_good_ones_kept():
     crops = [f.read_bytes() for f in pbc_files("lymphocyte", 3)]
     truncated = crops[1][: len(crops[1]) // 3]
-    batch, good, errors = _pipe().decode([crops[0], truncated, crops[2], b"not an image", b""])
+    batch, good, errors, _ = _pipe().decode([crops[0], truncated, crops[2], b"not an image", b""])
     assert good == [0, 2] and batch.shape[0] == 2
     assert "JPEG truncated" in errors[1]
     assert "not a JPEG, PNG or TIFF" in errors[3]
     assert errors[4] == "empty crop (0 bytes)"
     # the pipeline keeps working after a failure
-    again, good_again, _ = _pipe().decode(crops)
+    again, good_again, _, _ = _pipe().decode(crops)
     assert good_again == [0, 1, 2]
 
 

@@ -12,6 +12,7 @@ from bmengine.engine.backends.base import Backend
 from bmengine.engine.pipeline.reader import CropBatch, DaskCropReader
 from bmengine.engine.pipeline.stages import run_ahead
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline
+from bmengine.engine.qc import garbled_flags
 
 
 @dataclass
@@ -36,14 +37,19 @@ def classify_slide(
     def decode(batch: CropBatch):
         return batch, pipeline.decode(batch.crops)
 
+    qc_flags = [""] * n
     batches = reader.iter_batches(store.path, n, batch_size)
-    for batch, (pixels, good, errs) in run_ahead(batches, decode, depth=2):
-        errors[batch.start : batch.stop] = errs
-        if good:
-            probs[batch.start + np.asarray(good)] = backend.infer(pixels)
+    for batch, decoded in run_ahead(batches, decode, depth=2):
+        errors[batch.start : batch.stop] = decoded.errors
+        if decoded.good:
+            rows = batch.start + np.asarray(decoded.good)
+            probs[rows] = backend.infer(decoded.pixels)
+            if decoded.qc is not None:
+                for row, flag in zip(rows, garbled_flags(decoded.qc)):
+                    qc_flags[row] = flag
         if on_batch:
             on_batch(batch.stop - batch.start)
-    return SlideResult(probs, errors, [""] * n)
+    return SlideResult(probs, errors, qc_flags)
 
 
 def cells_table(store, result: SlideResult, classes: list[str]) -> pd.DataFrame:

@@ -122,7 +122,8 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                   "precision": card.precision, "backend": backend.name, "taxonomy": card.taxonomy}
     prep = card.preprocessing
     pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, device=backend.device,
-                                         batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id))
+                                         batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id,
+                                         qc_output=True))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
 
     opened: list[tuple[Path, object | None, str | None]] = []

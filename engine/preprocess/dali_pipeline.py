@@ -9,7 +9,7 @@ so training and inference see identical resampling.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ class PipelineSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     normalize: bool = True  # False: uint8 HWC after the crop (trainer's cache)
+    qc_output: bool = False  # also return the resized, uncropped uint8 image for quality checks
     device: Device = "cpu"
     batch_size: int = 64
     num_threads: int = 2
@@ -39,7 +40,7 @@ def _define(spec: PipelineSpec):
         images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
         images = fn.resize(images, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
         if spec.normalize:
-            return fn.crop_mirror_normalize(
+            pixels = fn.crop_mirror_normalize(
                 images,
                 crop=(spec.crop, spec.crop),
                 mean=[255.0 * m for m in spec.mean],
@@ -47,6 +48,7 @@ def _define(spec: PipelineSpec):
                 dtype=types.FLOAT,
                 output_layout="CHW",
             )
+            return (pixels, images) if spec.qc_output else pixels
         return fn.crop(images, crop=(spec.crop, spec.crop), out_of_bounds_policy="trim_to_shape")
 
     device_id = spec.device_id if spec.device == "gpu" else None
@@ -57,6 +59,17 @@ def _define(spec: PipelineSpec):
         prefetch_queue_depth=1,
         exec_dynamic=spec.device == "gpu",
     )
+
+
+class Decoded(NamedTuple):
+    """A decoded batch: ``pixels`` holds the crops listed in ``good`` (NumPy on the CPU, a dense
+    DALI GPU tensor on the GPU); ``errors[i]`` says why crop i failed; ``qc`` is the resized,
+    uncropped uint8 NHWC image of each good crop on the host (when the spec asks for it)."""
+
+    pixels: object
+    good: list[int]
+    errors: list[str | None]
+    qc: np.ndarray | None = None
 
 
 class CropPipeline:
@@ -76,33 +89,35 @@ class CropPipeline:
             self._pipe.build()
         return self._pipe
 
-    def _run(self, samples: Sequence[np.ndarray]):
+    def _run(self, samples: Sequence[np.ndarray]) -> tuple:
         pipe = self._pipeline()
         pipe.feed_input("encoded", list(samples))
-        (out,) = pipe.run()
-        return out
+        return pipe.run()
+
+    def _decoded(self, outputs: tuple, good: list[int], errors: list[str | None]) -> Decoded:
+        qc = None
+        if self.spec.qc_output:
+            qc = outputs[1].as_cpu() if self.spec.device == "gpu" else outputs[1]
+            qc = np.asarray(qc.as_tensor())
+        return Decoded(self._dense(outputs[0]), good, errors, qc)
 
     def _to_numpy(self, out) -> np.ndarray:
         if self.spec.device == "gpu":
             out = out.as_cpu()
         return np.stack([np.asarray(out[i]) for i in range(len(out))])
 
-    def decode(self, crops: Sequence[bytes | np.ndarray]) -> tuple[object, list[int], list[str | None]]:
-        """Return ``(batch, good, errors)`` for a list of encoded crops.
-
-        ``batch`` holds the decoded crops listed in ``good`` (a NumPy array on the CPU; a dense
-        DALI GPU tensor on the GPU, ready for TensorRT); ``errors[i]`` says why crop i failed.
-        """
+    def decode(self, crops: Sequence[bytes | np.ndarray]) -> Decoded:
+        """Decode a list of encoded crops; failures are named per crop, never raised."""
         if len(crops) > self.spec.batch_size:
             raise ValueError(f"{len(crops)} crops exceed the pipeline batch size {self.spec.batch_size}")
         samples = [_as_array(c) for c in crops]
         errors: list[str | None] = ["empty crop (0 bytes)" if s.size == 0 else None for s in samples]
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
-            return None, [], errors
+            return Decoded(None, [], errors)
         self._pipeline()  # a pipeline that cannot be built is the machine's problem, not the crops'
         try:
-            return self._dense(self._run([samples[i] for i in good])), good, errors
+            return self._decoded(self._run([samples[i] for i in good]), good, errors)
         except RuntimeError:
             self._pipe = None  # a DALI pipeline that failed is no longer valid
         for i in good:  # find the culprits one crop at a time, then decode the rest together
@@ -113,16 +128,16 @@ class CropPipeline:
                 errors[i] = "decode failed: " + describe_decode_failure(samples[i], str(exc))
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
-            return None, [], errors
-        return self._dense(self._run([samples[i] for i in good])), good, errors
+            return Decoded(None, [], errors)
+        return self._decoded(self._run([samples[i] for i in good]), good, errors)
 
     def decode_to_numpy(self, crops: Sequence[bytes | np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         """Like :meth:`decode`, as a host array with zeros in the failed crops' slots."""
-        batch, good, errors = self.decode(crops)
+        decoded = self.decode(crops)
         out = np.zeros((len(crops),) + self.output_shape, dtype=self.output_dtype)
-        if good:
-            out[good] = self.to_numpy(batch)
-        return out, errors
+        if decoded.good:
+            out[decoded.good] = self.to_numpy(decoded.pixels)
+        return out, decoded.errors
 
     def _dense(self, out):
         """A DALI TensorList as one dense batch: NumPy on the CPU, a contiguous GPU tensor on the GPU."""

@@ -1,0 +1,36 @@
+"""Garbled-crop detection on the real damaged Matek crops (they decode without any error)."""
+
+import csv
+
+import numpy as np
+
+from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+from bmengine.engine.qc import SEAM_THRESHOLD, garbled_flags, seam_scores
+from conftest import BM, pbc_files
+
+
+def _decode_for_qc(blobs):
+    pipe = CropPipeline(PipelineSpec(128, 112, (0.5,) * 3, (0.25,) * 3, batch_size=64, qc_output=True))
+    decoded = pipe.decode(blobs)
+    assert decoded.good == list(range(len(blobs)))  # no decode error: the damage is silent
+    return decoded.qc
+
+
+def test_all_known_bad_matek_crops_are_flagged_and_no_clean_one():
+    rows = list(csv.DictReader(open(BM / "manifest.csv")))
+    qc = _decode_for_qc([(BM / r["file"]).read_bytes() for r in rows])
+    assert qc.shape == (len(rows), 128, 128, 3) and qc.dtype == np.uint8
+    flags = garbled_flags(qc)
+    for row, flag in zip(rows, flags):
+        assert (flag == "garbled") == (row["listed_as"] == "known_bad_example"), row["file"]
+
+
+def test_clean_pbc_crops_stay_below_the_threshold():
+    blobs = [f.read_bytes() for cls in ("basophil", "platelet", "neutrophil", "ig") for f in pbc_files(cls, 16)]
+    assert seam_scores(_decode_for_qc(blobs)).max() < SEAM_THRESHOLD
+
+
+def test_a_shifted_stripe_is_caught_in_a_clean_crop():
+    img = _decode_for_qc([pbc_files("monocyte", 1)[0].read_bytes()])[0].copy()
+    img[80:, :] = np.roll(img[80:, :], 40, axis=1)[:, :, ::-1]  # shifted rows with swapped colours
+    assert garbled_flags(img[None]) == ["garbled"]

@@ -95,11 +95,14 @@ CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
 }
 
 
+def check(name: str) -> Check:
+    what, probe = CHECKS[name]
+    try:
+        return Check(f"{name}: {what}", True, probe())
+    except Exception as exc:  # a doctor reports; it never crashes
+        first_line = str(exc).splitlines()[0][:160] if str(exc) else ""
+        return Check(f"{name}: {what}", False, f"{type(exc).__name__}: {first_line}")
+
+
 def run_checks() -> list[Check]:
-    results = []
-    for name, (what, probe) in CHECKS.items():
-        try:
-            results.append(Check(f"{name}: {what}", True, probe()))
-        except Exception as exc:  # a doctor reports; it never crashes
-            results.append(Check(f"{name}: {what}", False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"))
-    return results
+    return [check(name) for name in CHECKS]

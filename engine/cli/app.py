@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from bmengine.engine.cli import (
+    bench_cmd,
+    compile_cmd,
     doctor_cmd,
     eval_cmd,
     export_cmd,
@@ -29,7 +31,8 @@ def _root() -> None:
     """bmengine: batch cell classification and differential counts for haematology archives."""
 
 
-for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd):
+for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
+               compile_cmd):
     module.register(app)
 
 

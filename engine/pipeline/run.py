@@ -7,7 +7,9 @@ One bad crop never stops its slide (it becomes an error row); one bad slide neve
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -27,6 +29,8 @@ from bmengine.engine.pipeline.reader import DaskCropReader
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
 EXIT_OK, EXIT_SLIDE_FAILED, EXIT_CROP_ERRORS = 0, 1, 3
+# Fault injection for the resume tests: SIGKILL this process once this many crops are classified.
+KILL_AFTER_CROPS_ENV = "BMENGINE_FAULT_KILL_AFTER_CROPS"
 
 
 @dataclass
@@ -71,6 +75,26 @@ class Progress:
     def slide_finished(self, status: SlideStatus) -> None: ...
 
 
+class _KillAfter(Progress):
+    """Wraps the caller's progress; kills the process hard after N crops (as a crash would)."""
+
+    def __init__(self, inner: Progress, limit: int):
+        self.inner, self.limit, self.seen = inner, limit, 0
+        self.slides_found, self.slide_started = inner.slides_found, inner.slide_started
+        self.slide_finished = inner.slide_finished
+
+    def crops_done(self, n: int) -> None:
+        self.inner.crops_done(n)
+        self.seen += n
+        if self.seen >= self.limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _with_fault_injection(progress: Progress) -> Progress:
+    limit = os.environ.get(KILL_AFTER_CROPS_ENV)
+    return _KillAfter(progress, int(limit)) if limit else progress
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -112,7 +136,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     from bmengine.engine.store import SlideStore, find_slide_stores
     from bmengine.engine.taxonomy import get_taxonomy
 
-    progress = progress or Progress()
+    progress = _with_fault_injection(progress or Progress())
     started, t0 = _utc_now(), time.perf_counter()
     stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
     backend = load_backend(cfg.model, BackendOptions(cfg.threads, cfg.device_id, cfg.batch_size))

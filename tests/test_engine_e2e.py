@@ -1,0 +1,190 @@
+"""End to end on real JPEGs: ingest -> run -> outputs, resume after a hard kill, bad crops and slides.
+
+Everything is real: crops from ../shared/data, Zarr stores written by `bmengine ingest`, a Dask
+cluster on localhost, the DALI CPU pipeline, and an ONNX model trained and exported by the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import beta
+
+from bmengine.engine.model import sha256_of
+from bmengine.engine.pipeline.run import KILL_AFTER_CROPS_ENV
+from conftest import BM, BMENGINE, pbc_files, write_manifest
+
+SLIDES = {
+    "S1": {"neutrophil": 10, "lymphocyte": 10, "platelet": 5},
+    "S2": {"eosinophil": 12, "monocyte": 8},
+    "S3": {"ig": 10, "basophil": 6, "erythroblast": 6},
+}
+GARBLED = BM / "NGS" / "NGS_18642.jpg"  # a known-bad Matek crop: decodes, but is garbled
+
+
+def _bmengine(*args, env=None, check=False):
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(BMENGINE + [str(a) for a in args], capture_output=True, text=True, env=full_env,
+                          check=check)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """Three slides ingested from a manifest; S2 also holds a truncated JPEG and a garbled crop."""
+    root = tmp_path_factory.mktemp("e2e")
+    crops = root / "crops"
+    crops.mkdir()
+    rows = []
+    for slide, mix in SLIDES.items():
+        for cls, n in mix.items():
+            for f in pbc_files(cls, n, offset=100):
+                rows.append({"path": str(f), "slide_id": slide, "label": cls})
+    truncated = crops / "truncated.jpg"
+    truncated.write_bytes(pbc_files("eosinophil", 1)[0].read_bytes()[:4000])
+    shutil.copy(GARBLED, crops / "garbled.jpg")
+    rows.insert(5, {"path": "crops/truncated.jpg", "slide_id": "S2", "label": "eosinophil"})  # relative path
+    rows.append({"path": "crops/garbled.jpg", "slide_id": "S2", "label": ""})
+    manifest = write_manifest(root / "manifest.csv", rows)
+    result = _bmengine("ingest", "--manifest", manifest, "--out", root / "slides")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "slides"
+
+
+@pytest.fixture(scope="module")
+def reference(slides, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    result = _bmengine("run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16")
+    return out, result
+
+
+def _cells(out, slide):
+    return pd.read_parquet(out / slide / "cells.parquet")
+
+
+def test_every_crop_has_a_row_and_counts_add_up(reference):
+    out, result = reference
+    assert result.returncode == 3, result.stderr  # 3: all slides done, some crops unreadable
+    table = pd.read_csv(out / "differential.csv", dtype={"slide_id": str}).set_index("slide_id")
+    assert sorted(table.index) == ["S1", "S2", "S3"]
+    classes = [c.removeprefix("count_") for c in table.columns if c.startswith("count_")]
+    assert len(classes) == 8
+    for slide, mix in SLIDES.items():
+        cells = _cells(out, slide)
+        expected_crops = sum(mix.values()) + (2 if slide == "S2" else 0)
+        assert len(cells) == expected_crops and cells["cell_index"].tolist() == list(range(expected_crops))
+        row = table.loc[slide]
+        assert row["n_crops"] == expected_crops
+        assert row["n_cells"] + row["n_errors"] + row["n_flagged"] == row["n_crops"]
+        assert sum(row[f"count_{c}"] for c in classes) == row["n_cells"]
+        counted = cells[cells["error"].isna() & (cells["qc_flags"] == "")]
+        assert counted["predicted"].value_counts().reindex(classes, fill_value=0).tolist() == [
+            row[f"count_{c}"] for c in classes]
+        base = sum(row[f"count_{c}"] for c in classes if c not in ("erythroblast", "platelet"))
+        assert row["n_base"] == base
+        probs = counted[[f"prob_{c}" for c in classes]].to_numpy()
+        assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        assert sum(row[f"soft_{c}"] for c in classes) == pytest.approx(row["n_cells"], rel=1e-4)
+
+
+def test_intervals_are_exact_clopper_pearson(reference):
+    out, _ = reference
+    row = pd.read_csv(out / "differential.csv", dtype={"slide_id": str}).set_index("slide_id").loc["S1"]
+    n = row["n_base"]
+    for cls in ("neutrophil", "lymphocyte", "monocyte", "eosinophil"):
+        k = row[f"count_{cls}"]
+        low = beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+        high = beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        assert row[f"pct_{cls}"] == pytest.approx(100 * k / n)
+        assert row[f"ci_low_{cls}"] == pytest.approx(100 * low, abs=1e-6)
+        assert row[f"ci_high_{cls}"] == pytest.approx(100 * high, abs=1e-6)
+
+
+def test_corrupt_jpeg_is_an_error_row_and_its_slide_goes_on(reference):
+    out, _ = reference
+    cells = _cells(out, "S2")
+    bad = cells[cells["source"].str.endswith("truncated.jpg")]
+    assert len(bad) == 1 and "JPEG truncated" in bad["error"].iloc[0]
+    assert bad["predicted"].isna().all() and np.isnan(bad["confidence"].iloc[0])
+    assert cells["error"].notna().sum() == 1 and cells["predicted"].notna().sum() == len(cells) - 1
+    record = json.loads((out / "run.json").read_text())
+    s2 = next(s for s in record["slides"] if s["slide_id"] == "S2")
+    assert s2["status"] == "ok" and s2["n_errors"] == 1
+
+
+def test_garbled_crop_is_flagged_and_not_counted(reference):
+    out, _ = reference
+    cells = _cells(out, "S2")
+    flagged = cells[cells["qc_flags"] != ""]
+    assert flagged["source"].str.endswith("garbled.jpg").tolist() == [True]
+    row = pd.read_csv(out / "differential.csv", dtype={"slide_id": str}).set_index("slide_id").loc["S2"]
+    assert row["n_flagged"] == 1 and row["n_cells"] == 20
+
+
+def test_outputs_name_the_model_and_version(reference, tiny_model):
+    out, _ = reference
+    sha = sha256_of(tiny_model)
+    record = json.loads((out / "run.json").read_text())
+    assert record["model"]["sha256"] == sha and record["bmengine_version"]
+    assert record["crops_classified"] == 69 and record["crops_per_second"] > 0
+    table = pd.read_parquet(out / "differential.parquet")
+    assert set(table["model_sha256"]) == {sha}
+    html = (out / "report.html").read_text()
+    assert sha in html and all(s in html for s in SLIDES) and "data:image/png;base64," in html
+    assert (out / "S1" / "histogram.png").stat().st_size > 1000
+
+
+def test_killed_run_resumes_to_the_same_result(slides, tiny_model, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "out"
+    killed = _bmengine("run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16",
+                       env={KILL_AFTER_CROPS_ENV: "40"})  # S1 has 25 crops: dies inside S2
+    assert killed.returncode == -9
+    assert (out / "S1" / "slide.json").is_file() and not (out / "S2" / "slide.json").exists()
+    assert not (out / "differential.csv").exists()
+    resumed = _bmengine("run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16")
+    assert resumed.returncode == 3, resumed.stderr
+    statuses = {s["slide_id"]: s["status"] for s in json.loads((out / "run.json").read_text())["slides"]}
+    assert statuses == {"S1": "skipped", "S2": "ok", "S3": "ok"}
+    for slide in SLIDES:
+        pd.testing.assert_frame_equal(_cells(out, slide), _cells(ref_out, slide))
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "differential.parquet"),
+                                  pd.read_parquet(ref_out / "differential.parquet"))
+    assert not list(out.rglob("*.partial"))
+
+
+def test_a_bad_slide_is_recorded_and_the_run_goes_on(slides, tiny_model, tmp_path):
+    broken = tmp_path / "slides"
+    shutil.copytree(slides, broken)
+    shutil.rmtree(broken / "S3.zarr" / "crops" / "offsets")
+    (broken / "notes.zarr").mkdir()  # not a slide store at all
+    out = tmp_path / "out"
+    result = _bmengine("run", broken, "--model", tiny_model, "--out", out, "--batch-size", "16")
+    assert result.returncode == 1
+    record = json.loads((out / "run.json").read_text())
+    statuses = {s["slide_id"]: s for s in record["slides"]}
+    assert statuses["S1"]["status"] == "ok" and statuses["S2"]["status"] == "ok"
+    assert statuses["S3"]["status"] == "failed" and "S3.zarr" in statuses["S3"]["error"]
+    assert "offsets" in statuses["S3"]["error"]
+    assert statuses["notes"]["status"] == "failed"
+    assert len(pd.read_csv(out / "differential.csv")) == 2
+    assert "S3" in (out / "report.html").read_text()
+
+
+def test_a_model_without_card_stops_before_any_work(slides, tiny_model, tmp_path):
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(tiny_model, lone)
+    result = _bmengine("run", slides, "--model", lone, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert "no model card beside it" in result.stderr and "lone.onnx" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_slides_folder_is_a_clear_error(tiny_model, tmp_path):
+    result = _bmengine("run", tmp_path / "nowhere", "--model", tiny_model, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "nowhere" in result.stderr

@@ -1,0 +1,130 @@
+"""The run report and the histogram plot: self-contained, escaped, readable numbers."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bmengine.engine.outputs.differential import summarize_slide
+from bmengine.engine.outputs.plots import plot_histogram
+from bmengine.engine.outputs.report import fmt_ci, fmt_pct, write_report
+from bmengine.engine.taxonomy import get_taxonomy
+
+PBC = get_taxonomy("pbc-blood-8")
+MATEK = get_taxonomy("matek-bone-marrow-21")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cells(taxonomy, counts: dict[str, int], labels: bool, error_rows: int = 0) -> pd.DataFrame:
+    """A cells table with the engine's columns and the given predicted counts."""
+    predicted = [c for c, k in counts.items() for _ in range(k)] + [None] * error_rows
+    n = len(predicted)
+    probs = np.full((n, len(taxonomy.classes)), 0.02, dtype=np.float32)
+    for i, c in enumerate(predicted):
+        if c is None:
+            probs[i] = np.nan
+        else:
+            probs[i, taxonomy.index(c)] = 1 - 0.02 * (len(taxonomy.classes) - 1)
+    table = pd.DataFrame({"cell_index": np.arange(n, dtype=np.int64), "source": [f"c{i}.jpg" for i in range(n)],
+                          "label": list(predicted) if labels else [None] * n, "predicted": predicted,
+                          "confidence": np.nanmax(np.where(np.isnan(probs), -1, probs), axis=1)})
+    for i, c in enumerate(taxonomy.classes):
+        table[f"prob_{c}"] = probs[:, i]
+    table["error"] = [None if c is not None else "DecodeError: bad JPEG" for c in predicted]
+    table["qc_flags"] = ""
+    return table
+
+
+PBC_COUNTS = {"neutrophil": 120, "lymphocyte": 60, "monocyte": 12, "eosinophil": 6, "basophil": 2,
+              "erythroblast": 16, "platelet": 20}
+
+
+def _run_info(taxonomy) -> dict:
+    return {"model": {"name": "regnetx <tiny>", "sha256": "ab" * 32, "path": "/models/tiny_int8.onnx"},
+            "bmengine_version": "0.1.0", "started_at": "2025-01-01T00:00:00+00:00",
+            "finished_at": "2025-01-01T00:05:00+00:00", "crops_per_second": 131.4, "taxonomy": taxonomy.name}
+
+
+@pytest.fixture(scope="module")
+def pbc_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rows = [summarize_slide("<b>x", _cells(PBC, PBC_COUNTS, labels=True, error_rows=3), PBC, patient_id="P&1"),
+            summarize_slide("patient-01", _cells(PBC, PBC_COUNTS, labels=False), PBC)]
+    statuses = [
+        {"slide_id": "<b>x", "status": "ok", "error": None, "seconds": 1.5, "n_crops": 239},
+        {"slide_id": "patient-01", "status": "skipped", "error": None, "seconds": 2.0, "n_crops": 236},
+        {"slide_id": "broken-slide", "status": "failed", "error": "ValueError: <script>alert(1)</script>",
+         "seconds": 0.1, "n_crops": 0},
+    ]
+    truth = {"patient-01": {"neutrophil": 60, "lymphocyte": 30, "monocyte": 6, "eosinophil": 3, "basophil": 1,
+                            "platelet": 10}}
+    path = write_report(out, _run_info(PBC), rows, statuses, PBC, truth=truth)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_report_is_written_atomically(pbc_report):
+    path, _ = pbc_report
+    assert path.name == "report.html" and path.is_file()
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_report_is_self_contained(pbc_report):
+    _, text = pbc_report
+    assert not re.search(r"https?://", text)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    for s in sources:
+        assert base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC)
+
+
+def test_report_names_every_slide_and_escapes_text(pbc_report):
+    _, text = pbc_report
+    assert "&lt;b&gt;x" in text and "<b>x" not in text
+    assert "patient-01" in text and "broken-slide" in text
+    assert "P&amp;1" in text and "regnetx &lt;tiny&gt;" in text
+    assert "ValueError: &lt;script&gt;alert(1)&lt;/script&gt;" in text  # in the failed-slides section
+
+
+def test_report_header_and_numbers(pbc_report):
+    _, text = pbc_report
+    assert "ab" * 32 in text and "0.1.0" in text and "2025-01-01T00:00:00+00:00" in text and "131.4" in text
+    # neutrophil 120/200 = 60.0% with its exact interval, one decimal, en dash
+    assert "<td>60.0</td><td>52.9\u201366.8</td>" in text
+    assert re.search(r"\d+\.\d\u2013\d+\.\d", text)
+    assert "Known % (known mixture)" in text and "Known % (labels)" in text
+    assert "<td>2.00</td>" in text  # NLR 120/60, and the known mixture's 60/30
+    assert "3 errors" in text and "agreement with labels 100.0%" in text
+
+
+def test_report_with_only_failures(tmp_path):
+    statuses = [{"slide_id": "a", "status": "failed", "error": "OSError: gone", "seconds": 0.0, "n_crops": 0}]
+    text = write_report(tmp_path, _run_info(MATEK), [], statuses, MATEK).read_text(encoding="utf-8")
+    assert "OSError: gone" in text and "data:image/png" not in text
+
+
+def test_matek_report_shows_derived_figures(tmp_path):
+    counts = {"NGS": 60, "MYB": 20, "PMO": 10, "EBO": 30, "PEB": 10, "BLA": 15, "LYT": 30, "ART": 6}
+    row = summarize_slide("bm-7", _cells(MATEK, counts, labels=False), MATEK)
+    text = write_report(tmp_path, _run_info(MATEK), [row], [], MATEK).read_text(encoding="utf-8")
+    assert "myeloid:erythroid ratio" in text and "<td>2.25</td>" in text  # (60+20+10)/(30+10)
+    assert f"<td>{100 * 15 / 175:.1f}</td>" in text  # blasts per 100 base cells, 8.6
+
+
+def test_plot_histogram_writes_png(tmp_path):
+    row = summarize_slide("s", _cells(MATEK, {"BLA": 5, "NGS": 40, "KSC": 3}, labels=True), MATEK)
+    path = plot_histogram(row, MATEK, tmp_path / "plots" / "s.png", title="s (48 cells)")
+    assert path.read_bytes().startswith(PNG_MAGIC) and not list(path.parent.glob("*.partial"))
+    empty = summarize_slide("e", _cells(PBC, {}, labels=False, error_rows=4), PBC)
+    assert plot_histogram(empty, PBC, tmp_path / "e.png", title="empty").stat().st_size > 1000
+
+
+def test_number_formatting():
+    assert fmt_pct(12.345) == "12.3" and fmt_pct(float("nan")) == "\u2014" and fmt_pct(None) == "\u2014"
+    assert fmt_ci(12.34, 18.96) == "12.3\u201319.0"
+    assert fmt_ci(4.0, float("inf")) == "4.0\u2013\u221e"
+    assert fmt_ci(float("nan"), 1.0) == "\u2014"

@@ -196,6 +196,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "seconds": time.perf_counter() - t_epoch,
         }
         history.append(record)
+        metrics_dir = run_dir / "metrics"
+        metrics_dir.mkdir(exist_ok=True)
+        (metrics_dir / f"epoch_{epoch + 1:03d}.json").write_text(json.dumps({**record, "validation": report}, indent=2))
         log(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val acc {report['accuracy']:.4f} "
             f"macro-F1 {report['macro_f1']:.4f} ({record['seconds']:.0f}s)")
         state = {

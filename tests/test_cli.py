@@ -1,0 +1,46 @@
+"""Commands a user types: eval's JSON, doctor, the train catalogue, helpful failures."""
+
+import json
+import subprocess
+
+import numpy as np
+
+from conftest import BMENGINE
+
+
+def _run(*args):
+    return subprocess.run(BMENGINE + [str(a) for a in args], capture_output=True, text=True)
+
+
+def test_eval_json_scores_a_class_per_folder_dataset(tiny_model, pbc_subset):
+    from bmengine.engine.backends import load_backend
+    from bmengine.engine.evaluate import predict_files
+    from bmengine.training.dataset import ImageFolder
+
+    result = _run("eval", pbc_subset, "--model", tiny_model, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 96 and report["n_failed"] == 0
+    assert set(report["per_class_f1"]) == set(report["per_class"]) and len(report["per_class_f1"]) == 8
+    data = ImageFolder.scan(pbc_subset)
+    probs, _ = predict_files(load_backend(tiny_model), list(data.files))
+    assert report["accuracy"] == np.mean(probs.argmax(axis=1) == data.labels)
+    assert 0 <= report["macro_f1"] <= 1 and report["model"]["sha256"]
+
+
+def test_eval_refuses_folders_the_model_does_not_know(tiny_model, tmp_path):
+    (tmp_path / "not_a_class").mkdir()
+    result = _run("eval", tmp_path, "--model", tiny_model)
+    assert result.returncode == 2 and "not_a_class" in result.stderr
+
+
+def test_doctor_reports_what_this_machine_runs():
+    result = _run("doctor")
+    assert result.returncode == 0
+    assert "onnxruntime" in result.stdout and "dali-cpu" in result.stdout and "tensorrt" in result.stdout
+
+
+def test_train_lists_its_parts():
+    result = _run("train", ".", "--out", ".", "--list")
+    assert result.returncode == 0
+    assert "regnetx_032" in result.stdout and "se" in result.stdout and "cost_sensitive" in result.stdout

@@ -168,14 +168,14 @@ def _as_array(crop: bytes | np.ndarray) -> np.ndarray:
 
 def describe_decode_failure(sample: np.ndarray, message: str) -> str:
     """Name what is wrong with a crop that would not decode (DALI's own text is generic)."""
-    head = bytes(sample[:8])
-    if head.startswith(b"\xff\xd8"):
-        what = "JPEG truncated (no end-of-image marker)" if bytes(sample[-2:]) != b"\xff\xd9" else "corrupt JPEG data"
-    elif head.startswith(b"\x89PNG"):
-        what = "corrupt PNG data"
-    elif head[:4] in (b"II*\x00", b"MM\x00*"):
-        what = "corrupt TIFF data"
+    from bmengine.engine.store.slide_store import FORMAT_NAMES, sniff_format
+
+    kind = FORMAT_NAMES[sniff_format(memoryview(sample))]
+    if kind == "unknown":
+        what = f"not a JPEG, PNG or TIFF (starts {bytes(sample[:4]).hex()})"
+    elif kind == "jpeg" and bytes(sample[-2:]) != b"\xff\xd9":
+        what = "JPEG truncated (no end-of-image marker)"
     else:
-        what = f"not a JPEG, PNG or TIFF (starts {head[:4].hex()})"
+        what = f"corrupt {kind.upper()} data"
     detail = [ln.strip() for ln in message.splitlines() if ln.strip().startswith(("Failed to", "nvImageCodec"))]
     return what + (f" [{detail[0]}]" if detail else "")

@@ -45,9 +45,9 @@ default-model: $(TRAIN_STAMP)
 	mkdir -p engine/assets/models  # only the int8 model ships (size); its card records fp32 too
 	cp $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx.card.json engine/assets/models/
 
-## sample-slides: rebuild the demo's synthetic patients from the default run's validation crops
+## sample-slides: rebuild the demo's synthetic patients from the default model's validation crops
 sample-slides: $(ENGINE_STAMP)
-	$(BMENGINE) build-samples --split $(RUN_DIR)/split.json
+	$(BMENGINE) build-samples --data $(PBC)
 
 bench: $(ENGINE_STAMP)
 	$(BMENGINE) bench engine/assets/sample_slides

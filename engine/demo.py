@@ -7,7 +7,6 @@ demo shows honest accuracy. Re-run with ``bmengine build-samples`` (see README).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,21 @@ MIXTURES: dict[str, dict[str, float]] = {
 
 @dataclass(frozen=True)
 class SampleConfig:
-    split_json: Path  # the default model's run split: {"train": [...], "val": [...]}
+    data_dir: Path  # ../shared/data/pbc
     out_dir: Path
+    split_seed: int = 0  # the default model's training seed and validation share:
+    val_fraction: float = 0.2  # the split is recomputed exactly as `bmengine train` made it
     leukocytes_per_slide: int = 200
     seed: int = 7
+
+
+def validation_files(data_dir: Path, classes: tuple[str, ...], seed: int, val_fraction: float) -> list[Path]:
+    """The crops `bmengine train --seed SEED --val-fraction F` held out (same scan, same split)."""
+    from bmengine.training.dataset import ImageFolder, stratified_split
+
+    data = ImageFolder.scan(Path(data_dir), classes)
+    _, val = stratified_split(data.labels, val_fraction, seed)
+    return [data.files[i] for i in val]
 
 
 def _counts(mixture: dict[str, float], n_base: int, excluded: frozenset[str]) -> dict[str, int]:
@@ -52,10 +62,10 @@ def build_sample_slides(cfg: SampleConfig) -> list[Path]:
     from bmengine.engine.taxonomy import get_taxonomy
 
     taxonomy = get_taxonomy("pbc-blood-8")
-    val = json.loads(Path(cfg.split_json).read_text())["val"]
-    by_class: dict[str, list[str]] = {c: [] for c in taxonomy.classes}
+    val = validation_files(cfg.data_dir, taxonomy.classes, cfg.split_seed, cfg.val_fraction)
+    by_class: dict[str, list[Path]] = {c: [] for c in taxonomy.classes}
     for f in val:
-        by_class[Path(f).parent.name].append(f)
+        by_class[f.parent.name].append(f)
     rng = np.random.default_rng(cfg.seed)
     written = []
     for slide_id, mixture in MIXTURES.items():
@@ -72,7 +82,8 @@ def build_sample_slides(cfg: SampleConfig) -> list[Path]:
             "kind": "synthetic patient from real PBC crops (Acevedo et al. 2020, CC BY 4.0)",
             "intended_mixture": mixture,
             "known_mixture_pct": known,
-            "crops_from": "validation split of the default model (never trained on)",
+            "crops_from": f"validation split of the default model (seed {cfg.split_seed}, "
+                          f"{cfg.val_fraction:.0%}), never trained on",
             "seed": cfg.seed,
         }
         path = write_slide_store(

@@ -11,15 +11,17 @@ from bmengine.engine.assets import SAMPLE_SLIDES
 
 
 def build_samples(
-    split: Annotated[Path, typer.Option(help="split.json of the default model's training run (crops come from its 'val').")],
+    data: Annotated[Path, typer.Option(help="The PBC dataset (class-per-folder).")] = Path("../shared/data/pbc"),
     out: Annotated[Path, typer.Option(help="Where the stores go.")] = SAMPLE_SLIDES,
+    split_seed: Annotated[int, typer.Option(help="Training seed of the default model (its validation split is used).")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Validation share of that training run.")] = 0.2,
     leukocytes: Annotated[int, typer.Option(help="Leukocytes per synthetic patient.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the crop draw.")] = 7,
 ) -> None:
     """Synthetic patients with known mixtures, from real PBC validation crops."""
     from bmengine.engine.demo import SampleConfig, build_sample_slides
 
-    for path in build_sample_slides(SampleConfig(split, out, leukocytes, seed)):
+    for path in build_sample_slides(SampleConfig(data, out, split_seed, val_fraction, leukocytes, seed)):
         typer.echo(str(path))
 
 

@@ -1,4 +1,4 @@
-"""Plain cross-entropy, the baseline of every comparison."""
+"""Cross-entropy, the baseline of every comparison, and its label-smoothed form (Szegedy et al. 2016)."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ class CrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), target, label_smoothing=self.label_smoothing)
+
+
+@LOSSES.register("label_smoothing")
+class LabelSmoothing(CrossEntropy):
+    """Cross-entropy against targets with ``smoothing`` spread evenly over all classes."""
+
+    def __init__(self, class_counts: np.ndarray, smoothing: float = 0.1):
+        super().__init__(class_counts, label_smoothing=smoothing)

@@ -1,24 +1,22 @@
-"""Channel-attention blocks, registered by name. Each maps (N, C, H, W) -> same shape."""
+"""Squeeze-and-Excitation (Hu, Shen & Sun, CVPR 2018), and the no-op block for ablations."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from bmengine.training.registry import Registry
-
-ATTENTION: Registry[nn.Module] = Registry("attention block")
+from bmengine.training.models.attention.registry import ATTENTION
 
 
 @ATTENTION.register("se")
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-Excitation (Hu, Shen & Sun, CVPR 2018): global pool -> bottleneck MLP -> gate.
+    """Global average pool -> bottleneck MLP -> sigmoid gate per channel.
 
     ``rd_ratio`` is relative to the block's input channels as in RegNetY (0.25 of the block
     input), which Hu et al. 2025 followed for RegNetX + SE.
     """
 
-    def __init__(self, channels: int, rd_channels: int | None = None, rd_ratio: float = 0.25):
+    def __init__(self, channels: int, rd_channels: int | None = None, rd_ratio: float = 0.25, **_: object):
         super().__init__()
         rd = rd_channels or max(8, int(round(channels * rd_ratio)))
         self.fc1 = nn.Conv2d(channels, rd, kernel_size=1)

@@ -1,0 +1,101 @@
+"""The attention and loss catalogue: shapes, hand-computed values, and training steps on real crops."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra")
+
+from bmengine.training.losses import LOSSES, LossSpec, create_loss  # noqa: E402
+from bmengine.training.losses.focal import effective_number_weights  # noqa: E402
+from bmengine.training.models import ATTENTION, ModelSpec, create_model  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ATTENTION.names())
+def test_attention_block_keeps_shape_and_is_differentiable(name):
+    block = ATTENTION.create(name, 48, rd_channels=12)
+    x = torch.randn(2, 48, 9, 7, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_simam_matches_its_closed_form():
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])
+    mu, d = 3.0, np.array([4.0, 1.0, 0.0, 9.0])
+    var = d.sum() / 3
+    expected = np.array([1, 2, 3, 6]) / (1 + np.exp(-(d / (4 * (var + 1e-4)) + 0.5)))
+    assert np.allclose(ATTENTION.create("simam", 1)(x).flatten().numpy(), expected, atol=1e-6)
+
+
+def test_eca_kernel_grows_with_channels():
+    from bmengine.training.models.attention.eca import eca_kernel_size
+
+    assert [eca_kernel_size(c) for c in (16, 64, 256, 1024)] == [3, 3, 5, 5]
+
+
+def test_label_smoothing_hand_value():
+    loss = create_loss(LossSpec("label_smoothing", {"smoothing": 0.3}), np.array([5, 5]))
+    logits = torch.tensor([[1.0, -1.0]])
+    log_p = np.log(np.exp([1.0, -1.0]) / np.exp([1.0, -1.0]).sum())
+    expected = -(0.85 * log_p[0] + 0.15 * log_p[1])
+    assert float(loss(logits, torch.tensor([0]))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_focal_hand_value_with_scalar_alpha():
+    loss = create_loss(LossSpec("focal", {"gamma": 2.0, "alpha": 0.25}), np.array([5, 5, 5]))
+    logits = torch.tensor([[2.0, 0.0, 0.0]])
+    p = math.exp(2) / (math.exp(2) + 2)
+    assert float(loss(logits, torch.tensor([0]))) == pytest.approx(-0.25 * (1 - p) ** 2 * math.log(p), rel=1e-6)
+
+
+def test_class_balanced_weights_follow_the_effective_number():
+    counts = np.array([1000, 10])
+    w = effective_number_weights(counts, beta=0.99)
+    raw = (1 - 0.99) / (1 - 0.99 ** counts)
+    assert np.allclose(w, raw / raw.sum() * 2) and w[1] > w[0]
+    loss = create_loss(LossSpec("cb_focal", {"beta": 0.99, "gamma": 0.0}), counts)
+    logits = torch.tensor([[0.5, 0.1]])
+    ce = float(torch.nn.functional.cross_entropy(logits, torch.tensor([1])))
+    assert float(loss(logits, torch.tensor([1]))) == pytest.approx(w[1] * ce, rel=1e-5)  # gamma 0: weighted CE
+
+
+@pytest.fixture(scope="module")
+def real_batch(pbc_subset):
+    """16 real crops (2 per class) decoded by the engine's pipeline, normalised like training."""
+    from bmengine.training.augment import normalize
+    from bmengine.training.dataset import ImageFolder
+    from bmengine.training.image_cache import decode_files
+
+    data = ImageFolder.scan(pbc_subset)
+    idx = np.concatenate([np.flatnonzero(data.labels == c)[:2] for c in range(8)])
+    images, _ = decode_files([data.files[i] for i in idx], 48)
+    x = normalize(torch.from_numpy(images), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return x, torch.from_numpy(data.labels[idx])
+
+
+@pytest.mark.parametrize("attention", ATTENTION.names())
+def test_every_attention_trains_a_step_in_regnet_on_real_crops(attention, real_batch):
+    x, y = real_batch
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("regnetx_002", attention, 8))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it learns the batch
+
+
+@pytest.mark.parametrize("loss_name", LOSSES.names())
+def test_every_loss_gives_a_finite_gradient(loss_name):
+    model = create_model(ModelSpec("regnetx_002", "none", 8))
+    loss = create_loss(LossSpec(loss_name), np.array([50, 40, 30, 20, 10, 5, 3, 2]))
+    out = loss(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 3, 7, 5]))
+    out.backward()
+    assert torch.isfinite(out) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

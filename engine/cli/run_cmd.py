@@ -65,7 +65,8 @@ def run(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     ok = sum(s.status != "failed" for s in result.statuses)
-    console.print(f"{ok}/{len(result.statuses)} slides done, {result.crops_per_second:.0f} crops/s")
+    rate = f"{result.crops_per_second:.0f} crops/s" if result.crops_per_second else "nothing left to classify"
+    console.print(f"{ok}/{len(result.statuses)} slides done ({rate})")
     if result.report:
         console.print(f"report: {result.report}")
     console.print(f"differential: {out / 'differential.csv'}\nrun record: {result.run_record}")

@@ -125,7 +125,9 @@ def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, bac
     row = summarize_slide(store.slide_id, cells, taxonomy, patient_id=store.patient_id)
     row["model_sha256"] = model_info["sha256"]
     row["bmengine_version"] = __version__
-    plot_histogram(row, taxonomy, slide_dir / "histogram.png", title=f"{store.slide_id} ({row['n_cells']} cells)")
+    known = store.provenance.get("known_mixture_pct")
+    plot_histogram(row, taxonomy, slide_dir / "histogram.png", title=f"{store.slide_id} ({row['n_cells']} cells)",
+                   truth=known if isinstance(known, dict) else None)
     return row, int(cells["error"].notna().sum())
 
 
@@ -227,8 +229,8 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                     "processor": platform.processor() or platform.machine(), "versions": _versions()},
         "slides": [asdict(s) for s in statuses],
     }
-    truth = {s.slide_id: st.provenance.get("known_mixture_pct") for _, st, _ in opened if st is not None
-             for s in [st] if isinstance(st.provenance.get("known_mixture_pct"), dict)}
+    truth = {store.slide_id: store.provenance["known_mixture_pct"] for _, store, _ in opened
+             if store is not None and isinstance(store.provenance.get("known_mixture_pct"), dict)}
     report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy, truth=truth or None)
     failed = any(s.status == "failed" for s in statuses)
     crop_errors = any(s.n_errors for s in statuses)

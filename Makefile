@@ -41,7 +41,7 @@ test: $(TRAIN_STAMP)
 default-model: $(TRAIN_STAMP)
 	$(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone regnetx_032 --attention se --loss cost_sensitive \
 		--epochs 10 --batch-size 64 --lr 2e-3 --resize 128 --crop 112 --seed 0
-	$(BMENGINE) export $(RUN_DIR)/checkpoints/best.pt --out $(EXPORT) --name pbc-regnetx032-se-cs
+	$(BMENGINE) export $(RUN_DIR)/checkpoints/last.pt --out $(EXPORT) --name pbc-regnetx032-se-cs
 	mkdir -p engine/assets/models  # only the int8 model ships (size); its card records fp32 too
 	cp $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx $(RUN_DIR)/export/pbc_regnetx032_se_cs_int8.onnx.card.json engine/assets/models/
 

@@ -44,3 +44,16 @@ def test_train_lists_its_parts():
     result = _run("train", ".", "--out", ".", "--list")
     assert result.returncode == 0
     assert "regnetx_032" in result.stdout and "se" in result.stdout and "cost_sensitive" in result.stdout
+
+
+def test_bench_writes_a_record_naming_machine_model_and_stages(tmp_path):
+    """Structure only: timings are measured, never asserted (benchmarks are not tests)."""
+    from bmengine.engine.assets import DEFAULT_MODEL, SAMPLE_SLIDES
+
+    record = tmp_path / "bench.json"
+    result = _run("bench", SAMPLE_SLIDES, "--model", DEFAULT_MODEL, "--repeats", "1", "--record", record)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(record.read_text())
+    assert data["machine"]["cores"] and data["model"]["sha256"] and data["model"]["precision"] == "int8"
+    assert [s["stage"].split()[0] for s in data["stages"]] == ["read", "decode+resize+normalise", "infer", "end"]
+    assert set(data["ratios"]) == {"end_to_end / slowest stage", "end_to_end / serial sum of stages"}

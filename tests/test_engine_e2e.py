@@ -188,3 +188,21 @@ def test_a_model_without_card_stops_before_any_work(slides, tiny_model, tmp_path
 def test_a_missing_slides_folder_is_a_clear_error(tiny_model, tmp_path):
     result = _bmengine("run", tmp_path / "nowhere", "--model", tiny_model, "--out", tmp_path / "out")
     assert result.returncode == 2 and "nowhere" in result.stderr
+
+
+def test_run_equals_one_by_one_evaluation(slides, tmp_path):
+    """Regression: decoding runs ahead of inference, so a batch must not share DALI's buffers
+    (a view into them was overwritten by the next batch and scrambled the predictions). The
+    shipped model is slow enough here for the decode thread to overtake inference."""
+    from pathlib import Path
+
+    from bmengine.engine.assets import DEFAULT_MODEL
+    from bmengine.engine.backends import load_backend
+    from bmengine.engine.evaluate import predict_files
+
+    result = _bmengine("run", slides, "--out", tmp_path, "--batch-size", "8")
+    assert result.returncode == 3, result.stderr
+    cells = _cells(tmp_path, "S1")
+    expected, _ = predict_files(load_backend(DEFAULT_MODEL), [Path(s) for s in cells["source"]], batch_size=8)
+    got = cells[[c for c in cells.columns if c.startswith("prob_")]].to_numpy()
+    assert np.allclose(got, expected, atol=1e-5)

@@ -47,7 +47,13 @@ class Backend(ABC):
 
     @abstractmethod
     def infer(self, batch) -> np.ndarray:
-        """Class probabilities (N, C) float32 on the host for an NCHW float32 batch."""
+        """Class probabilities (N, C) float32 on the host for an NCHW (staged) batch."""
+
+    def stage(self, batch):
+        """Take ownership of a freshly decoded batch, in the decode thread, before DALI's next run
+        reuses its buffers. Host batches are already private copies; GPU backends copy into one of
+        their own input buffers here."""
+        return batch
 
     def close(self) -> None:
         """Free runtime resources (device memory, sessions)."""

@@ -19,6 +19,8 @@ class OnnxRuntimeBackend(Backend):
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for corrupt files

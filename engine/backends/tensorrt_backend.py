@@ -1,8 +1,9 @@
 """TensorRT engines (``.plan``) on an NVIDIA GPU; the batch arrives in device memory from DALI.
 
-Needs the ``[gpu]`` extra (tensorrt, cuda-python) and a GPU. The DALI batch is copied device-to-
-device into the engine's input binding on our own CUDA stream (``copy_to_external`` orders it
-after DALI's work), the engine runs with ``execute_async_v3``, and only the (N, C) probabilities
+Needs the ``[gpu]`` extra (tensorrt, cuda-python) and a GPU. In the decode thread, each DALI
+batch is copied device-to-device into one of a ring of input buffers (``copy_to_external`` on our
+own stream, ordered after DALI's work), so DALI may reuse its buffers while earlier batches wait;
+the engine then runs on that buffer with ``execute_async_v3`` and only the (N, C) probabilities
 come back to the host.
 """
 
@@ -10,8 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from bmengine.engine.backends.base import Backend, ModelIO, softmax
 from bmengine.engine.model.card import ModelCardError
+
+#: input buffers in the ring: batches decoded ahead (2) + the one being inferred + one spare
+RING = 4
+
+
+@dataclass(frozen=True)
+class StagedBatch:
+    slot: int
+    n: int
 
 
 def _cudart():
@@ -56,14 +68,15 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        self.stream = _check(self.cudart.cudaStreamCreate())
+        self.stream = _check(self.cudart.cudaStreamCreate())  # inference
+        self.copy_stream = _check(self.cudart.cudaStreamCreate())  # staging, in the decode thread
         n, crop = options.max_batch_size, card.preprocessing.crop
         self.num_classes = int(self.engine.get_tensor_shape(self.output_name)[-1])
         self._in_bytes = n * 3 * crop * crop * 4
         self._out_bytes = n * self.num_classes * 4
-        self.d_input = _check(self.cudart.cudaMalloc(self._in_bytes))
+        self.d_inputs = [_check(self.cudart.cudaMalloc(self._in_bytes)) for _ in range(RING)]
         self.d_output = _check(self.cudart.cudaMalloc(self._out_bytes))
-        self.context.set_tensor_address(self.input_name, int(self.d_input))
+        self._next_slot = 0
         self.context.set_tensor_address(self.output_name, int(self.d_output))
 
     def io(self) -> ModelIO:
@@ -71,18 +84,28 @@ class TensorRTBackend(Backend):
         size = int(shape[-1]) if int(shape[-1]) > 0 else None
         return ModelIO(size, self.num_classes)
 
-    def infer(self, batch) -> np.ndarray:
+    def stage(self, batch) -> StagedBatch:
+        """Copy a decoded batch into the next ring buffer and wait for the copy (decode thread)."""
         cudart = self.cudart
         n = int(batch.shape()[0]) if callable(getattr(batch, "shape", None)) else int(batch.shape[0])
         if n > self.options.max_batch_size:
             raise ValueError(f"batch of {n} exceeds the engine's max batch {self.options.max_batch_size}")
-        crop = self.card.preprocessing.crop
+        slot, self._next_slot = self._next_slot, (self._next_slot + 1) % RING
+        target = int(self.d_inputs[slot])
         if hasattr(batch, "copy_to_external"):  # DALI TensorGPU: device-to-device, ordered after DALI
-            batch.copy_to_external(int(self.d_input), cuda_stream=int(self.stream))
+            batch.copy_to_external(target, cuda_stream=int(self.copy_stream))
         else:  # a host array (e.g. parity checks against ONNX Runtime)
             host = np.ascontiguousarray(batch, dtype=np.float32)
-            _check(cudart.cudaMemcpyAsync(int(self.d_input), host.ctypes.data, host.nbytes,
-                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
+            _check(cudart.cudaMemcpyAsync(target, host.ctypes.data, host.nbytes,
+                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.copy_stream))
+        _check(cudart.cudaStreamSynchronize(self.copy_stream))
+        return StagedBatch(slot, n)
+
+    def infer(self, batch) -> np.ndarray:
+        cudart = self.cudart
+        staged = batch if isinstance(batch, StagedBatch) else self.stage(batch)
+        n, crop = staged.n, self.card.preprocessing.crop
+        self.context.set_tensor_address(self.input_name, int(self.d_inputs[staged.slot]))
         self.context.set_input_shape(self.input_name, (n, 3, crop, crop))
         if not self.context.execute_async_v3(int(self.stream)):
             raise RuntimeError(f"{self.model_path}: TensorRT execution failed")
@@ -93,10 +116,11 @@ class TensorRTBackend(Backend):
         return softmax(out)
 
     def close(self) -> None:
-        for ptr in (getattr(self, "d_input", None), getattr(self, "d_output", None)):
+        for ptr in [*getattr(self, "d_inputs", []), getattr(self, "d_output", None)]:
             if ptr is not None:
                 self.cudart.cudaFree(ptr)
-        if getattr(self, "stream", None) is not None:
-            self.cudart.cudaStreamDestroy(self.stream)
-            self.stream = None
-        self.d_input = self.d_output = None
+        for name in ("stream", "copy_stream"):
+            if getattr(self, name, None) is not None:
+                self.cudart.cudaStreamDestroy(getattr(self, name))
+                setattr(self, name, None)
+        self.d_inputs, self.d_output = [], None

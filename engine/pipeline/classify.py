@@ -35,7 +35,10 @@ def classify_slide(
     errors: list[str | None] = [None] * n
 
     def decode(batch: CropBatch):
-        return batch, pipeline.decode(batch.crops)
+        decoded = pipeline.decode(batch.crops)
+        if decoded.good:
+            decoded = decoded._replace(pixels=backend.stage(decoded.pixels))
+        return batch, decoded
 
     qc_flags = [""] * n
     batches = reader.iter_batches(store.path, n, batch_size)

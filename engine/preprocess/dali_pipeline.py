@@ -98,7 +98,7 @@ class CropPipeline:
         qc = None
         if self.spec.qc_output:
             qc = outputs[1].as_cpu() if self.spec.device == "gpu" else outputs[1]
-            qc = np.asarray(qc.as_tensor())
+            qc = np.array(qc.as_tensor())  # a copy: DALI reuses its output buffers on the next run
         return Decoded(self._dense(outputs[0]), good, errors, qc)
 
     def _to_numpy(self, out) -> np.ndarray:
@@ -143,7 +143,9 @@ class CropPipeline:
         """A DALI TensorList as one dense batch: NumPy on the CPU, a contiguous GPU tensor on the GPU."""
         if self.spec.device == "gpu":
             return out.as_tensor()
-        return np.asarray(out.as_tensor())
+        # A copy, not a view: DALI reuses its output buffers on the next run, and the engine
+        # decodes ahead of inference.
+        return np.array(out.as_tensor())
 
     def to_numpy(self, batch) -> np.ndarray:
         if isinstance(batch, np.ndarray):

@@ -66,7 +66,7 @@ def test_dataset_scan_finds_nested_folders_and_splits_stratified(pbc_subset):
 
 def test_se_sits_after_the_group_conv_in_every_regnet_block():
     from bmengine.training.models import ModelSpec, create_model
-    from bmengine.training.models.attention import SqueezeExcite
+    from bmengine.training.models.attention.se import SqueezeExcite
 
     model = create_model(ModelSpec("regnetx_002", "se", 8))
     blocks = [m for m in model.modules() if hasattr(m, "conv2") and hasattr(m, "se")]

@@ -133,7 +133,7 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
             "lr": cfg["lr"],
             "seed": cfg["seed"],
             "val_fraction": cfg["val_fraction"],
-            "train_seconds": round(state.get("train_seconds_total", 0.0), 1),
+            "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
             "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in state["history"]])), 1),
             "history": state["history"],
             **extra.get("training", {}),

@@ -213,7 +213,6 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "taxonomy": taxonomy,
             "val_report": report,
             "command": " ".join(sys.argv),
-            "train_seconds_total": sum(h["seconds"] for h in history),
         }
         if report["macro_f1"] > best_f1:
             best_f1 = report["macro_f1"]

@@ -99,3 +99,48 @@ def test_every_loss_gives_a_finite_gradient(loss_name):
     out = loss(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 3, 7, 5]))
     out.backward()
     assert torch.isfinite(out) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+BACKBONE_ATTENTION = {"regnetx_002": "eca", "resnet50": "se", "resnext50_32x4d": "cbam"}
+
+
+@pytest.mark.parametrize("backbone", [b for b in __import__("bmengine.training.models", fromlist=["BACKBONES"])
+                                      .BACKBONES.names() if b.startswith(("resnet", "resnext", "densenet",
+                                                                          "mobilenet", "efficientnet", "swin",
+                                                                          "coatnet")) or b == "regnetx_002"])
+def test_backbone_trains_a_step_and_exports_to_matching_onnx(backbone, real_batch, tmp_path):
+    import onnxruntime as ort
+
+    from bmengine.training.export import export_onnx
+
+    x, y = real_batch
+    x = x[:, :, :32, :32].contiguous()  # 32 px keeps 7 backbones fast; transformers are built for it
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(backbone, BACKBONE_ATTENTION.get(backbone, "none"), 8, input_size=32))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(loss.item())
+    model.eval()
+    path = tmp_path / f"{backbone}.onnx"
+    export_onnx(model, path, 32, opset=17)
+    with torch.no_grad():
+        expected = model(x[:4]).numpy()
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x[:4].numpy()})
+    assert np.allclose(got, expected, rtol=1e-3, atol=1e-3), np.abs(got - expected).max()
+
+
+def test_attention_outside_regnet_and_resnet_is_refused():
+    with pytest.raises(ValueError, match="use --attention none"):
+        create_model(ModelSpec("densenet201", "se", 8))
+
+
+@pytest.mark.parametrize("backbone,slot", [("resnet50", "conv3"), ("regnetx_002", "conv2")])
+def test_attention_sits_in_every_block(backbone, slot):
+    from bmengine.training.models.attention.eca import EfficientChannelAttention
+
+    model = create_model(ModelSpec(backbone, "eca", 8))
+    blocks = [m for m in model.modules() if hasattr(m, slot) and hasattr(m, "se")]
+    assert blocks and all(isinstance(b.se, EfficientChannelAttention) for b in blocks)

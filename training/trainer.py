@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     log(f"images decoded/cached in {time.perf_counter() - t0:.1f}s")
     train_labels = dataset.labels[train_idx]
 
-    spec = ModelSpec(cfg.backbone, cfg.attention, len(classes))
+    spec = ModelSpec(cfg.backbone, cfg.attention, len(classes), input_size=cfg.crop)
     model = create_model(spec).to(memory_format=torch.channels_last)
     criterion = create_loss(LossSpec(cfg.loss, cfg.loss_options), np.bincount(train_labels, minlength=len(classes)))
     optimizer = _optimizer(model, cfg)

@@ -1,8 +1,14 @@
-"""Backbones built with timm (from scratch: no weights can be downloaded) plus attention insertion."""
+"""Backbones built with timm (from scratch: no weights can be downloaded), plus attention insertion.
+
+Attention goes where the seed papers put it: in every RegNet block after the 3x3 group
+convolution (Hu et al. 2025), and in every ResNet/ResNeXt bottleneck at the SE-ResNet position
+(after the last 1x1 convolution, before the residual sum). Other backbones take ``attention="none"``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
@@ -18,40 +24,67 @@ class ModelSpec:
     attention: str = "se"
     num_classes: int = 8
     drop_rate: float = 0.0
+    input_size: int = 112  # transformers (Swin V2, CoAtNet) are built for one input size
 
     def to_dict(self) -> dict:
-        return {"backbone": self.backbone, "attention": self.attention, "num_classes": self.num_classes}
+        return {"backbone": self.backbone, "attention": self.attention, "num_classes": self.num_classes,
+                "input_size": self.input_size}
 
 
-def _timm(name: str, num_classes: int, drop_rate: float) -> nn.Module:
+def _timm(name: str, spec: ModelSpec, **kwargs) -> nn.Module:
     import timm
 
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    return timm.create_model(name, pretrained=False, num_classes=spec.num_classes, drop_rate=spec.drop_rate, **kwargs)
 
 
-def _insert_after_group_conv(model: nn.Module, attention: str) -> nn.Module:
-    """Hu et al. 2025: an attention block in every RegNet block, after the 3x3 group convolution.
-
-    timm's RegNet ``Bottleneck`` runs ``conv2`` (the group conv) then ``se``; we put ours there.
-    """
-    if attention == "none":
-        return model
-    blocks = [m for m in model.modules() if hasattr(m, "conv2") and hasattr(m, "se")]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} has no RegNet-style blocks to put attention in")
+def _attend(blocks: list[nn.Module], channels_of: Callable[[nn.Module], int], attention: str) -> None:
+    """Put a fresh attention block into each block's ``se`` slot (timm runs it when not None)."""
     for block in blocks:
-        channels = block.conv2.conv.out_channels
-        block_in = block.conv1.conv.in_channels
-        block.se = ATTENTION.create(attention, channels, rd_channels=max(8, int(round(block_in * 0.25))))
-    return model
+        in_channels = block.conv1.in_channels if isinstance(block.conv1, nn.Conv2d) else block.conv1.conv.in_channels
+        block.se = ATTENTION.create(attention, channels_of(block), rd_channels=max(8, int(round(in_channels * 0.25))))
+
+
+def _regnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
+    def factory(spec: ModelSpec) -> nn.Module:
+        model = _timm(timm_name, spec)
+        if spec.attention != "none":
+            blocks = [m for m in model.modules() if hasattr(m, "conv2") and hasattr(m, "se")]
+            _attend(blocks, lambda b: b.conv2.conv.out_channels, spec.attention)
+        return model
+
+    return factory
+
+
+def _resnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
+    def factory(spec: ModelSpec) -> nn.Module:
+        model = _timm(timm_name, spec)
+        if spec.attention != "none":
+            blocks = [m for m in model.modules() if hasattr(m, "conv3") and hasattr(m, "se")]
+            _attend(blocks, lambda b: b.conv3.out_channels, spec.attention)
+        return model
+
+    return factory
+
+
+def _plain(timm_name: str, sized: bool = False) -> Callable[[ModelSpec], nn.Module]:
+    def factory(spec: ModelSpec) -> nn.Module:
+        if spec.attention != "none":
+            raise ValueError(f"{spec.backbone}: attention blocks go into RegNet and ResNet-family backbones; "
+                             "use --attention none")
+        return _timm(timm_name, spec, **({"img_size": spec.input_size} if sized else {}))
+
+    return factory
 
 
 for _name in ("regnetx_002", "regnetx_004", "regnetx_008", "regnetx_016", "regnetx_032"):
-
-    def _factory(spec: ModelSpec, _timm_name: str = _name) -> nn.Module:
-        return _insert_after_group_conv(_timm(_timm_name, spec.num_classes, spec.drop_rate), spec.attention)
-
-    BACKBONES.register(_name)(_factory)
+    BACKBONES.register(_name)(_regnet(_name))
+BACKBONES.register("resnet50")(_resnet("resnet50"))
+BACKBONES.register("resnext50_32x4d")(_resnet("resnext50_32x4d"))
+BACKBONES.register("densenet201")(_plain("densenet201"))
+BACKBONES.register("mobilenetv3_large_100")(_plain("mobilenetv3_large_100"))
+BACKBONES.register("efficientnetv2_s")(_plain("efficientnetv2_s"))
+BACKBONES.register("swinv2_tiny")(_plain("swinv2_tiny_window8_256", sized=True))
+BACKBONES.register("coatnet_0")(_plain("coatnet_0_rw_224", sized=True))
 
 
 def create_model(spec: ModelSpec) -> nn.Module:

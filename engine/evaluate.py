@@ -33,13 +33,23 @@ def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64,
     return probs, errors
 
 
-def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, **kwargs) -> dict:
-    """Classification report over the files that decoded (the others are counted in ``n_failed``)."""
+def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, out_dir: Path | None = None,
+                   **kwargs) -> dict:
+    """Classification report over the files that decoded (the others are counted in ``n_failed``);
+    with ``out_dir``, also the confusion matrix (CSV + PNG) and precision-recall curves (PNG)."""
     from bmengine.training.metrics import classification_report
 
     probs, errors = predict_files(backend, files, **kwargs)
     ok = ~np.isnan(probs).any(axis=1)
-    report = classification_report(np.asarray(labels)[ok], probs[ok], list(backend.card.classes))
+    from bmengine.engine.taxonomy import get_taxonomy
+
+    report = classification_report(np.asarray(labels)[ok], probs[ok], list(backend.card.classes),
+                                   taxonomy=get_taxonomy(backend.card.taxonomy))
     report["n_failed"] = int((~ok).sum())
+    if out_dir is not None:
+        from bmengine.engine.outputs.evaluation import write_evaluation_figures
+
+        report["files"] = write_evaluation_figures(Path(out_dir), np.asarray(labels)[ok], probs[ok],
+                                                   list(backend.card.classes))
     report["failed"] = [e for e in errors if e][:20]
     return report

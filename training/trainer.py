@@ -186,7 +186,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 log(f"epoch {epoch + 1}/{cfg.epochs} step {i + 1}/{len(batches)} loss {np.mean(losses[-20:]):.4f} {rate:.1f} img/s")
         train_time = time.perf_counter() - t_epoch
         probs = predict(model, images[val_idx], cfg)
-        report = classification_report(dataset.labels[val_idx], probs, list(classes))
+        report = classification_report(dataset.labels[val_idx], probs, list(classes), taxonomy=get_taxonomy(taxonomy))
         record = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -15,6 +15,7 @@ def evaluate(
     folder: Annotated[Path, typer.Argument(help="Class-per-folder dataset; folder names must be model classes.")],
     model: ModelOption = DEFAULT_MODEL_PATH,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write confusion matrix (CSV, PNG) and PR curves here.")] = None,
     batch_size: BatchOption = 64,
     threads: ThreadsOption = 2,
 ) -> None:
@@ -30,13 +31,15 @@ def evaluate(
     except (ModelCardError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    report = evaluate_files(backend, list(data.files), data.labels, batch_size=batch_size, threads=threads)
+    report = evaluate_files(backend, list(data.files), data.labels, out_dir=out, batch_size=batch_size,
+                            threads=threads)
     report["model"] = {"path": str(model), "sha256": backend.card.weights_sha256, "name": backend.card.name}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(f"{report['n']} crops: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
-               f"top-5 {report['top5_accuracy']:.4f}")
+               f"top-5 {report['top5_accuracy']:.4f}, lenient {report['lenient_accuracy']:.4f}, "
+               f"ECE {report['expected_calibration_error']:.4f}")
     for name, f1 in report["per_class_f1"].items():
         typer.echo(f"  {name:<14} F1 {f1:.4f}  (n={report['per_class'][name]['support']})")
 

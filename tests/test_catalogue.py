@@ -144,3 +144,14 @@ def test_attention_sits_in_every_block(backbone, slot):
     model = create_model(ModelSpec(backbone, "eca", 8))
     blocks = [m for m in model.modules() if hasattr(m, slot) and hasattr(m, "se")]
     assert blocks and all(isinstance(b.se, EfficientChannelAttention) for b in blocks)
+
+
+def test_gce_hand_values_and_limits():
+    logits = torch.tensor([[1.0, 0.0, -1.0]])
+    p = math.exp(1) / (math.exp(1) + 1 + math.exp(-1))
+    gce = create_loss(LossSpec("gce", {"q": 0.7}), np.array([5, 5, 5]))
+    assert float(gce(logits, torch.tensor([0]))) == pytest.approx((1 - p**0.7) / 0.7, rel=1e-6)
+    mae = create_loss(LossSpec("gce", {"q": 1.0}), np.array([5, 5, 5]))
+    assert float(mae(logits, torch.tensor([0]))) == pytest.approx(1 - p, rel=1e-6)
+    near_ce = create_loss(LossSpec("gce", {"q": 1e-4}), np.array([5, 5, 5]))
+    assert float(near_ce(logits, torch.tensor([0]))) == pytest.approx(-math.log(p), rel=1e-3)

@@ -57,3 +57,25 @@ def test_bench_writes_a_record_naming_machine_model_and_stages(tmp_path):
     assert data["machine"]["cores"] and data["model"]["sha256"] and data["model"]["precision"] == "int8"
     assert [s["stage"].split()[0] for s in data["stages"]] == ["read", "decode+resize+normalise", "infer", "end"]
     assert set(data["ratios"]) == {"end_to_end / slowest stage", "end_to_end / serial sum of stages"}
+
+
+def test_ablate_runs_a_grid_and_writes_the_table(pbc_subset, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "ablation"
+    result = _run("ablate", pbc_subset, "--out", out, "--backbones", "regnetx_002,densenet201",
+                  "--attentions", "none,se", "--losses", "ce", "--epochs", "1", "--resize", "40", "--crop", "32",
+                  "--batch-size", "16", "--max-steps-per-epoch", "1")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out / "ablation.csv")
+    # densenet201 + se is skipped (attention only in RegNet/ResNet families): 3 configurations
+    assert sorted(zip(table["backbone"], table["attention"])) == [
+        ("densenet201", "none"), ("regnetx_002", "none"), ("regnetx_002", "se")]
+    assert {"accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "onnx_img_per_s"} <= set(table)
+    assert table["macro_f1"].is_monotonic_decreasing
+    markdown = (out / "ablation.md").read_text()
+    assert "Command: `" in markdown and markdown.count("| regnetx_002 |") == 2
+    again = _run("ablate", pbc_subset, "--out", out, "--backbones", "regnetx_002", "--attentions", "none",
+                 "--losses", "ce", "--epochs", "1", "--resize", "40", "--crop", "32", "--batch-size", "16",
+                 "--max-steps-per-epoch", "1")
+    assert "resumed from" in again.stderr  # a finished configuration is not retrained

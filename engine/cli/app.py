@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bmengine.engine.cli import (
+    ablate_cmd,
     bench_cmd,
     compile_cmd,
     doctor_cmd,
@@ -32,7 +33,7 @@ def _root() -> None:
 
 
 for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
-               compile_cmd):
+               compile_cmd, ablate_cmd):
     module.register(app)
 
 

@@ -121,13 +121,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
-    dataset = _limit(ImageFolder.scan(Path(cfg.data_dir)), cfg.limit_per_class, cfg.seed)
-    taxonomy = resolve_taxonomy(dataset.classes, cfg.taxonomy)
     from bmengine.engine.taxonomy import get_taxonomy
 
-    classes = get_taxonomy(taxonomy).classes
-    dataset = ImageFolder.scan(Path(cfg.data_dir), classes) if cfg.limit_per_class is None else _limit(
-        ImageFolder.scan(Path(cfg.data_dir), classes), cfg.limit_per_class, cfg.seed)
+    taxonomy = resolve_taxonomy(ImageFolder.scan(Path(cfg.data_dir)).classes, cfg.taxonomy)
+    classes = get_taxonomy(taxonomy).classes  # label order is the taxonomy's, not the folders'
+    dataset = _limit(ImageFolder.scan(Path(cfg.data_dir), classes), cfg.limit_per_class, cfg.seed)
     train_idx, val_idx = stratified_split(dataset.labels, cfg.val_fraction, cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "split.json").write_text(json.dumps({

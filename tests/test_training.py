@@ -112,3 +112,25 @@ def test_training_resumes_from_last_checkpoint(pbc_subset, tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == first["history"][0]  # epoch 1 was not redone
     assert (tmp_path / "checkpoints" / "epoch_002.pt").is_file()
+
+
+def test_explain_writes_grad_cam_and_smoothgrad_overlays(tiny_model, tmp_path):
+    import subprocess
+
+    from bmengine.training.explain import explain
+    from conftest import BMENGINE, pbc_files
+
+    checkpoint = tiny_model.parent.parent / "checkpoints" / "last.pt"
+    files = pbc_files("neutrophil", 1) + pbc_files("eosinophil", 1)
+    explanations, pixels = explain(checkpoint, files, smooth_samples=4)
+    assert pixels.shape == (2, 64, 64, 3)
+    for e in explanations:
+        assert e.grad_cam.shape == e.smooth_grad.shape == (64, 64)
+        assert 0 <= e.grad_cam.min() and e.grad_cam.max() <= 1 + 1e-6 and e.smooth_grad.max() == pytest.approx(1)
+        assert 0 < e.probability <= 1
+    result = subprocess.run(BMENGINE + ["explain", str(checkpoint), str(files[0]), str(files[0].parent.parent / "ig"),
+                                        "--sample", "1", "--out", str(tmp_path), "--smooth-samples", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)

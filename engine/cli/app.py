@@ -9,6 +9,7 @@ from bmengine.engine.cli import (
     bench_cmd,
     compile_cmd,
     doctor_cmd,
+    explain_cmd,
     eval_cmd,
     export_cmd,
     ingest_cmd,
@@ -33,7 +34,7 @@ def _root() -> None:
 
 
 for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
-               compile_cmd, ablate_cmd):
+               compile_cmd, ablate_cmd, explain_cmd):
     module.register(app)
 
 

@@ -155,3 +155,34 @@ def test_gce_hand_values_and_limits():
     assert float(mae(logits, torch.tensor([0]))) == pytest.approx(1 - p, rel=1e-6)
     near_ce = create_loss(LossSpec("gce", {"q": 1e-4}), np.array([5, 5, 5]))
     assert float(near_ce(logits, torch.tensor([0]))) == pytest.approx(-math.log(p), rel=1e-3)
+
+
+def test_offline_balancing_grows_only_training_minorities(real_batch):
+    from bmengine.training.balance import balance_offline
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0] * 12 + [1] * 5 + [2] * 3)
+    train_idx = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 17, 18])  # 10 / 4 / 2 for training
+    out_images, out_labels, out_train, source = balance_offline(images, labels, train_idx, target=10, seed=1)
+    assert np.bincount(out_labels[out_train]).tolist() == [10, 10, 10]
+    assert len(out_images) == 20 + 6 + 8 and (source[:20] == -1).all()
+    copies = np.arange(20, len(out_images))
+    assert set(source[copies]) <= set(train_idx) and set(source[copies]).isdisjoint({10, 11, 16, 19})  # no val crop
+    assert (out_labels[copies] == labels[source[copies]]).all()
+    no_jitter, *_ = balance_offline(images, labels, train_idx, target=10, seed=1, jitter=0.0)
+    first = no_jitter[20]
+    src = images[source[20]]
+    variants = [np.rot90(src, k) for k in range(4)] + [np.rot90(src, k)[:, ::-1] for k in range(4)]
+    assert any(np.array_equal(first, v) for v in variants)  # a flip/rotation of its source
+
+
+def test_training_with_offline_balancing(pbc_subset, tmp_path):
+    from bmengine.training.trainer import TrainConfig, train
+
+    logs = []
+    summary = train(TrainConfig(data_dir=str(pbc_subset), run_dir=str(tmp_path), backbone="regnetx_002", resize=40,
+                                crop=32, batch_size=16, epochs=1, max_steps_per_epoch=1, limit_per_class=6,
+                                balance_to=8), log=logs.append)
+    assert any("grown to 64 crops" in m for m in logs)  # 8 classes x 8
+    assert math.isfinite(summary["history"][0]["train_loss"])

@@ -36,6 +36,7 @@ class TrainConfig:
     loss: str = "cost_sensitive"
     loss_options: dict = field(default_factory=dict)
     sampler: str = "shuffle"  # shuffle | balanced
+    balance_to: int | None = None  # offline augmentation: grow each training class to this many crops
     resize: int = 128
     crop: int = 112
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -137,7 +138,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     t0 = time.perf_counter()
     images = cached_images(dataset.files, cfg.resize, run_dir / "cache" / "images")
     log(f"images decoded/cached in {time.perf_counter() - t0:.1f}s")
-    train_labels = dataset.labels[train_idx]
+    labels = dataset.labels
+    if cfg.balance_to:
+        from bmengine.training.balance import balance_offline
+
+        images, labels, train_idx, _ = balance_offline(images, labels, train_idx, cfg.balance_to, cfg.seed)
+        log(f"offline augmentation: training set grown to {len(train_idx)} crops")
+    train_labels = labels[train_idx]
 
     spec = ModelSpec(cfg.backbone, cfg.attention, len(classes), input_size=cfg.crop)
     model = create_model(spec).to(memory_format=torch.channels_last)
@@ -170,7 +177,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
                 group["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
             idx = np.sort(train_idx[batch])
             x = torch.from_numpy(np.asarray(images[idx]))
-            y = torch.from_numpy(dataset.labels[idx])
+            y = torch.from_numpy(labels[idx])
             x = augment(x, aug_cfg, generator).mul_(255).to(torch.uint8)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(normalize(x, cfg.mean, cfg.std))

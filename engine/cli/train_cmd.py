@@ -15,6 +15,7 @@ def train(
     attention: Annotated[str, typer.Option(help="Attention block in every RegNet/ResNet block, or 'none' (see --list).")] = "se",
     loss: Annotated[str, typer.Option(help="Loss name (see --list).")] = "cost_sensitive",
     sampler: Annotated[str, typer.Option(help="shuffle or balanced (equal images per class per batch).")] = "shuffle",
+    balance_to: Annotated[Optional[int], typer.Option(help="Offline augmentation: grow every training class to this many crops.")] = None,
     taxonomy: Annotated[Optional[str], typer.Option(help="Taxonomy; default: the one whose classes are the folders.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule over all of them).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
@@ -42,7 +43,7 @@ def train(
         return
     cfg = TrainConfig(
         data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
-        loss=loss, sampler=sampler, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        loss=loss, sampler=sampler, balance_to=balance_to, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
         max_steps_per_epoch=max_steps_per_epoch,
     )

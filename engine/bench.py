@@ -7,19 +7,17 @@ record naming the machine it came from.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 
 @dataclass

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
-from bmengine.engine.backends import BackendOptions, known_backends, load_backend
+from bmengine.engine.backends import known_backends, load_backend
 from bmengine.engine.evaluate import predict_files
-from bmengine.engine.model import card_path_for, load_card, sha256_of, write_card
+from bmengine.engine.model import load_card, sha256_of, write_card
 from conftest import pbc_files
 
 

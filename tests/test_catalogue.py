@@ -24,7 +24,7 @@ def test_attention_block_keeps_shape_and_is_differentiable(name):
 
 def test_simam_matches_its_closed_form():
     x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])
-    mu, d = 3.0, np.array([4.0, 1.0, 0.0, 9.0])
+    d = np.array([4.0, 1.0, 0.0, 9.0])  # squared distances from the mean, 3
     var = d.sum() / 3
     expected = np.array([1, 2, 3, 6]) / (1 + np.exp(-(d / (4 * (var + 1e-4)) + 0.5)))
     assert np.allclose(ATTENTION.create("simam", 1)(x).flatten().numpy(), expected, atol=1e-6)

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+from bmengine.engine.cli.options import (
+    BatchOption,
+    CropOption,
+    DataDirArgument,
+    EpochsOption,
+    LimitPerClassOption,
+    LrOption,
+    MaxStepsOption,
+    ResizeOption,
+    SeedOption,
+)
 
 
 def _names(value: str) -> list[str]:
@@ -13,19 +25,19 @@ def _names(value: str) -> list[str]:
 
 
 def ablate(
-    data_dir: Annotated[Path, typer.Argument(help="Class-per-folder dataset.")],
+    data_dir: DataDirArgument,
     out: Annotated[Path, typer.Option("--out", help="Folder for the runs and the table.")],
     backbones: Annotated[str, typer.Option(help="Comma-separated backbone names.")] = "regnetx_032",
     attentions: Annotated[str, typer.Option(help="Comma-separated attention names ('none' included).")] = "none,se",
     losses: Annotated[str, typer.Option(help="Comma-separated loss names.")] = "ce,cost_sensitive",
-    epochs: Annotated[int, typer.Option(help="Epochs per configuration.")] = 3,
-    resize: Annotated[int, typer.Option(help="Resize size.")] = 72,
-    crop: Annotated[int, typer.Option(help="Network input size.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the runs.")] = 0,
-    limit_per_class: Annotated[Optional[int], typer.Option(help="At most this many images per class.")] = None,
-    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch.")] = None,
+    epochs: EpochsOption = 3,
+    resize: ResizeOption = 72,
+    crop: CropOption = 64,
+    batch_size: BatchOption = 64,
+    lr: LrOption = 2e-3,
+    seed: SeedOption = 0,
+    limit_per_class: LimitPerClassOption = None,
+    max_steps_per_epoch: MaxStepsOption = None,
 ) -> None:
     """One table in the shape of Hu et al.'s Tables 4-7, plus inference img/s on this CPU."""
     from bmengine.training.ablation import AblationConfig, run_ablation

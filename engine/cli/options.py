@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,3 +17,13 @@ ModelOption = Annotated[
 ThreadsOption = Annotated[int, typer.Option("--threads", help="CPU threads for decoding and inference.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Crops per batch.")]
 DEFAULT_MODEL_PATH = DEFAULT_MODEL
+
+# Training budget options, shared by `train` and `ablate`.
+DataDirArgument = Annotated[Path, typer.Argument(help="Class-per-folder dataset (nested sub-folders allowed).")]
+EpochsOption = Annotated[int, typer.Option(help="Epochs (cosine schedule over all of them).")]
+LrOption = Annotated[float, typer.Option(help="Peak learning rate.")]
+ResizeOption = Annotated[int, typer.Option(help="Crops are resized to this square size first.")]
+CropOption = Annotated[int, typer.Option(help="Network input size (random crop in training, centre crop after).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the stratified split and the run.")]
+LimitPerClassOption = Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")]
+MaxStepsOption = Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")]

@@ -7,9 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from bmengine.engine.cli.options import (
+    BatchOption,
+    CropOption,
+    DataDirArgument,
+    EpochsOption,
+    LimitPerClassOption,
+    LrOption,
+    MaxStepsOption,
+    ResizeOption,
+    SeedOption,
+)
+
 
 def train(
-    data_dir: Annotated[Path, typer.Argument(help="Class-per-folder dataset (nested sub-folders allowed).")],
+    data_dir: DataDirArgument,
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, metrics.")],
     backbone: Annotated[str, typer.Option(help="Backbone name (see `bmengine train --list`).")] = "regnetx_032",
     attention: Annotated[str, typer.Option(help="Attention block in every RegNet/ResNet block, or 'none' (see --list).")] = "se",
@@ -17,17 +29,17 @@ def train(
     sampler: Annotated[str, typer.Option(help="shuffle or balanced (equal images per class per batch).")] = "shuffle",
     balance_to: Annotated[Optional[int], typer.Option(help="Offline augmentation: grow every training class to this many crops.")] = None,
     taxonomy: Annotated[Optional[str], typer.Option(help="Taxonomy; default: the one whose classes are the folders.")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs (cosine schedule over all of them).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    epochs: EpochsOption = 10,
+    batch_size: BatchOption = 64,
+    lr: LrOption = 2e-3,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9).")] = "adamw",
-    resize: Annotated[int, typer.Option(help="Crops are resized to this square size first.")] = 128,
-    crop: Annotated[int, typer.Option(help="Network input size (random crop in training, centre crop after).")] = 112,
+    resize: ResizeOption = 128,
+    crop: CropOption = 112,
     val_fraction: Annotated[float, typer.Option(help="Stratified validation share, never trained on.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the split and the run.")] = 0,
+    seed: SeedOption = 0,
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.pt if present.")] = True,
-    limit_per_class: Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")] = None,
-    max_steps_per_epoch: Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")] = None,
+    limit_per_class: LimitPerClassOption = None,
+    max_steps_per_epoch: MaxStepsOption = None,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""

@@ -16,9 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
-import pandas as pd
 
 from bmengine.engine import __version__
 from bmengine.engine.backends import Backend, BackendOptions, load_backend

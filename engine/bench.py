@@ -69,7 +69,7 @@ def bench(slides_dir: Path, model: Path, batch_size: int = 64, threads: int = 2,
     n = min(store.n_cells, max_crops)
     backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
     prep = backend.card.preprocessing
-    pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, batch_size=batch_size,
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size,
                                          num_threads=threads, qc_output=True))
     crops = store.read_crops(0, n)
     batches = [crops[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -18,7 +18,7 @@ def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64,
                   progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
     """Probabilities (N, C) for image files; rows of files that fail to decode are NaN."""
     prep = backend.card.preprocessing
-    pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, device=backend.device,
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
                                          batch_size=batch_size, num_threads=threads))
     probs = np.full((len(files), len(backend.card.classes)), np.nan, dtype=np.float32)
     errors: list[str | None] = []

@@ -72,3 +72,30 @@ def test_gpu_pipeline_without_a_gpu_fails_clearly():
         pytest.skip("a GPU is present; this checks the no-GPU message")
     with pytest.raises(RuntimeError, match="CUDA"):
         _pipe(device="gpu").decode([pbc_files("basophil", 1)[0].read_bytes()])
+
+
+def test_hue_mapping_in_dali_matches_the_numpy_reference():
+    from bmengine.engine.preprocess.hue import hue_map_numpy
+
+    blobs = [f.read_bytes() for cls in ("monocyte", "eosinophil") for f in pbc_files(cls, 3)]
+    spec = dict(resize=64, crop=64, mean=MEAN, std=STD, normalize=False, batch_size=8)
+    plain, _ = CropPipeline(PipelineSpec(**spec)).decode_to_numpy(blobs)
+    mapped, _ = CropPipeline(PipelineSpec(**spec, hue_range=(125.0, 155.0))).decode_to_numpy(blobs)
+    diff = np.abs(hue_map_numpy(plain, 125, 155).astype(int) - mapped.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.05  # float rounding at .5 only
+    rgb = mapped.reshape(-1, 3).astype(float) / 255
+    mx, mn = rgb.max(axis=1), rgb.min(axis=1)
+    coloured = (mx - mn) > 0.1
+    r, g, b = rgb[coloured].T
+    c = (mx - mn)[coloured]
+    assert np.all(np.isclose(mx[coloured], g, atol=0.02))  # 125-155 degrees: green is the largest channel
+    hue = 60 * ((b - r) / c + 2)
+    assert hue.min() > 120 and hue.max() < 160
+
+
+def test_identity_hue_range_changes_nothing():
+    from bmengine.engine.preprocess.hue import hue_map_numpy
+
+    plain, _ = CropPipeline(PipelineSpec(64, 64, MEAN, STD, normalize=False, batch_size=4)).decode_to_numpy(
+        [f.read_bytes() for f in pbc_files("ig", 2)])
+    assert np.array_equal(hue_map_numpy(plain, 0, 360), plain)

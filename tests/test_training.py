@@ -134,3 +134,28 @@ def test_explain_writes_grad_cam_and_smoothgrad_overlays(tiny_model, tmp_path):
     assert result.returncode == 0, result.stderr
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_hue_mapping_travels_from_training_to_the_card_and_the_engine(pbc_subset, tmp_path):
+    import subprocess
+
+    from bmengine.engine.backends import load_backend
+    from bmengine.engine.evaluate import predict_files
+    from bmengine.engine.model import load_card
+    from bmengine.engine.preprocess.dali_pipeline import PipelineSpec
+    from conftest import BMENGINE, pbc_files
+
+    run = tmp_path / "run"
+    common = dict(capture_output=True, text=True)
+    assert subprocess.run(BMENGINE + ["train", str(pbc_subset), "--out", str(run), "--backbone", "regnetx_002",
+                                      "--epochs", "1", "--batch-size", "16", "--resize", "40", "--crop", "32",
+                                      "--max-steps-per-epoch", "1", "--hue-range", "125,155"], **common).returncode == 0
+    onnx = run / "m.onnx"
+    result = subprocess.run(BMENGINE + ["export", str(run / "checkpoints" / "last.pt"), "--out", str(onnx),
+                                        "--no-int8"], **common)
+    assert result.returncode == 0, result.stderr
+    card = load_card(onnx)
+    assert tuple(card.preprocessing.hue_range) == (125.0, 155.0)
+    assert PipelineSpec.from_preprocessing(card.preprocessing).hue_range == (125.0, 155.0)
+    probs, errors = predict_files(load_backend(onnx), pbc_files("basophil", 3))
+    assert errors == [None] * 3 and np.allclose(probs.sum(axis=1), 1, atol=1e-4)

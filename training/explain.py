@@ -63,8 +63,9 @@ def explain(checkpoint: Path, files: Sequence[Path], smooth_samples: int = 16) -
     model, state = load_checkpoint_model(checkpoint)
     cfg = state["config"]
     blobs = [Path(f).read_bytes() for f in files]
+    hue = cfg.get("hue_range")
     spec = dict(resize=cfg["resize"], crop=cfg["crop"], mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                batch_size=max(1, len(blobs)))
+                batch_size=max(1, len(blobs)), hue_range=tuple(hue) if hue else None)
     x, errors = CropPipeline(PipelineSpec(**spec)).decode_to_numpy(blobs)
     pixels, _ = CropPipeline(PipelineSpec(**spec, normalize=False)).decode_to_numpy(blobs)
     if bad := [f"{f}: {e}" for f, e in zip(files, errors) if e]:

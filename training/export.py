@@ -77,7 +77,7 @@ class _CalibrationReader:
     def __init__(self, files: list[str], prep: Preprocessing, input_name: str, batch_size: int = 32):
         from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-        self.pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, batch_size=batch_size))
+        self.pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size))
         self.batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
         self.input_name = input_name
 
@@ -151,7 +151,9 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
 
     model, state = _load(cfg.checkpoint)
     tcfg = state["config"]
-    prep = Preprocessing(resize=tcfg["resize"], crop=tcfg["crop"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]))
+    hue = tcfg.get("hue_range")
+    prep = Preprocessing(resize=tcfg["resize"], crop=tcfg["crop"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]),
+                         hue_range=tuple(hue) if hue else None)
     name = cfg.name or cfg.out.stem
     outputs = {"fp32": cfg.out}
     export_onnx(model, cfg.out, prep.crop, cfg.opset)

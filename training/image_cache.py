@@ -20,10 +20,11 @@ def decode_files(
     batch_size: int = 128,
     num_threads: int = 2,
     progress: Callable[[int], None] | None = None,
+    hue_range: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Return uint8 (N, size, size, 3) images resized to ``size`` and per-file errors."""
+    """Return uint8 (N, size, size, 3) images resized to ``size`` (hue-mapped if asked) and errors."""
     spec = PipelineSpec(resize=size, crop=size, mean=(0, 0, 0), std=(1, 1, 1), normalize=False,
-                        batch_size=batch_size, num_threads=num_threads)
+                        batch_size=batch_size, num_threads=num_threads, hue_range=hue_range)
     pipe = CropPipeline(spec)
     images = np.zeros((len(files), size, size, 3), dtype=np.uint8)
     errors: list[str | None] = []
@@ -41,7 +42,7 @@ def cached_images(files: Sequence[Path], size: int, cache_path: Path | None, **k
     """Decode ``files`` or load them from ``cache_path`` (keyed by the file list and size)."""
     import hashlib
 
-    key = hashlib.sha256(("\n".join(map(str, files)) + f"|{size}").encode()).hexdigest()[:16]
+    key = hashlib.sha256(("\n".join(map(str, files)) + f"|{size}|{kwargs.get('hue_range')}").encode()).hexdigest()[:16]
     if cache_path is not None:
         target = Path(cache_path).with_name(f"{Path(cache_path).stem}-{key}.npy")
         if target.is_file():

@@ -37,6 +37,7 @@ class TrainConfig:
     loss_options: dict = field(default_factory=dict)
     sampler: str = "shuffle"  # shuffle | balanced
     balance_to: int | None = None  # offline augmentation: grow each training class to this many crops
+    hue_range: tuple[float, float] | None = None  # Wang et al.'s hue mapping (degrees), also applied by the engine
     resize: int = 128
     crop: int = 112
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -136,7 +137,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     log(f"{len(dataset)} images, {len(classes)} classes ({taxonomy}); train {len(train_idx)}, val {len(val_idx)}")
 
     t0 = time.perf_counter()
-    images = cached_images(dataset.files, cfg.resize, run_dir / "cache" / "images")
+    hue = tuple(cfg.hue_range) if cfg.hue_range else None
+    images = cached_images(dataset.files, cfg.resize, run_dir / "cache" / "images", hue_range=hue)
     log(f"images decoded/cached in {time.perf_counter() - t0:.1f}s")
     labels = dataset.labels
     if cfg.balance_to:

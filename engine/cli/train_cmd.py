@@ -28,6 +28,7 @@ def train(
     loss: Annotated[str, typer.Option(help="Loss name (see --list).")] = "cost_sensitive",
     sampler: Annotated[str, typer.Option(help="shuffle or balanced (equal images per class per batch).")] = "shuffle",
     balance_to: Annotated[Optional[int], typer.Option(help="Offline augmentation: grow every training class to this many crops.")] = None,
+    hue_range: Annotated[Optional[str], typer.Option(help="Map every pixel's HSV hue into MIN,MAX degrees (Wang et al.: 125,155); the engine applies it too.")] = None,
     taxonomy: Annotated[Optional[str], typer.Option(help="Taxonomy; default: the one whose classes are the folders.")] = None,
     epochs: EpochsOption = 10,
     batch_size: BatchOption = 64,
@@ -55,7 +56,8 @@ def train(
         return
     cfg = TrainConfig(
         data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
-        loss=loss, sampler=sampler, balance_to=balance_to, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        loss=loss, sampler=sampler, balance_to=balance_to,
+        hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
         max_steps_per_epoch=max_steps_per_epoch,
     )

@@ -145,7 +145,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     model_info = {"path": str(cfg.model), "name": card.name, "sha256": card.weights_sha256,
                   "precision": card.precision, "backend": backend.name, "taxonomy": card.taxonomy}
     prep = card.preprocessing
-    pipeline = CropPipeline(PipelineSpec(prep.resize, prep.crop, prep.mean, prep.std, device=backend.device,
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
                                          batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id,
                                          qc_output=True))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,13 @@ class PipelineSpec:
     std: tuple[float, float, float]
     normalize: bool = True  # False: uint8 HWC after the crop (trainer's cache)
     qc_output: bool = False  # also return the resized, uncropped uint8 image for quality checks
+    hue_range: tuple[float, float] | None = None  # Wang et al.'s hue mapping, degrees; None = off
+
+    @classmethod
+    def from_preprocessing(cls, prep, **kwargs) -> "PipelineSpec":
+        """The spec a model card's preprocessing record asks for."""
+        hue = tuple(prep.hue_range) if prep.hue_range else None
+        return cls(prep.resize, prep.crop, tuple(prep.mean), tuple(prep.std), hue_range=hue, **kwargs)
     device: Device = "cpu"
     batch_size: int = 64
     num_threads: int = 2
@@ -33,15 +40,18 @@ class PipelineSpec:
 def _define(spec: PipelineSpec):
     from nvidia.dali import fn, pipeline_def, types
 
+    from bmengine.engine.preprocess.hue import hue_map_dali
+
     @pipeline_def(enable_conditionals=False)
     def crop_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         decoder_device = "mixed" if spec.device == "gpu" else "cpu"
         images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
         images = fn.resize(images, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
+        model_view = hue_map_dali(images, *spec.hue_range) if spec.hue_range else images
         if spec.normalize:
             pixels = fn.crop_mirror_normalize(
-                images,
+                model_view,
                 crop=(spec.crop, spec.crop),
                 mean=[255.0 * m for m in spec.mean],
                 std=[255.0 * s for s in spec.std],
@@ -49,7 +59,7 @@ def _define(spec: PipelineSpec):
                 output_layout="CHW",
             )
             return (pixels, images) if spec.qc_output else pixels
-        return fn.crop(images, crop=(spec.crop, spec.crop), out_of_bounds_policy="trim_to_shape")
+        return fn.crop(model_view, crop=(spec.crop, spec.crop), out_of_bounds_policy="trim_to_shape")
 
     device_id = spec.device_id if spec.device == "gpu" else None
     return crop_pipeline(

@@ -107,7 +107,7 @@ BACKBONE_ATTENTION = {"regnetx_002": "eca", "resnet50": "se", "resnext50_32x4d":
 @pytest.mark.parametrize("backbone", [b for b in __import__("bmengine.training.models", fromlist=["BACKBONES"])
                                       .BACKBONES.names() if b.startswith(("resnet", "resnext", "densenet",
                                                                           "mobilenet", "efficientnet", "swin",
-                                                                          "coatnet")) or b == "regnetx_002"])
+                                                                          "coatnet", "multiscale")) or b == "regnetx_002"])
 def test_backbone_trains_a_step_and_exports_to_matching_onnx(backbone, real_batch, tmp_path):
     import onnxruntime as ort
 

@@ -87,6 +87,16 @@ BACKBONES.register("swinv2_tiny")(_plain("swinv2_tiny_window8_256", sized=True))
 BACKBONES.register("coatnet_0")(_plain("coatnet_0_rw_224", sized=True))
 
 
+@BACKBONES.register("multiscale_cross_attention")
+def _multiscale(spec: ModelSpec) -> nn.Module:
+    """Surekha et al.'s design: our own model, not a timm one (see models/multiscale.py)."""
+    from bmengine.training.models.multiscale import MultiScaleCrossAttentionNet
+
+    if spec.attention != "none":
+        raise ValueError(f"{spec.backbone}: has its own attention; use --attention none")
+    return MultiScaleCrossAttentionNet(spec.num_classes, drop_rate=spec.drop_rate)
+
+
 def create_model(spec: ModelSpec) -> nn.Module:
     if spec.attention not in ATTENTION:
         raise KeyError(f"unknown attention block {spec.attention!r}; known: {', '.join(ATTENTION.names())}")

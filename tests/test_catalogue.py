@@ -186,3 +186,76 @@ def test_training_with_offline_balancing(pbc_subset, tmp_path):
                                 balance_to=8), log=logs.append)
     assert any("grown to 64 crops" in m for m in logs)  # 8 classes x 8
     assert math.isfinite(summary["history"][0]["train_loss"])
+
+
+def test_gmmce_hand_value_drops_the_middle_negatives():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -2.0, 3.0, 0.5, -0.5]])
+    # negatives by logit: 3 (5), 1 (1), 0.5 (6), 0 (2), -0.5 (7), -1 (3), -2 (4); k=2 keeps 5, 1 and 4, 3
+    kept = [2.0, 3.0, 1.0, -2.0, -1.0]
+    expected = -2.0 + math.log(sum(math.exp(v) for v in kept))
+    gmmce = create_loss(LossSpec("gmmce", {"k": 2}), np.ones(8))
+    assert float(gmmce(logits, torch.tensor([0]))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_gmmce_is_cross_entropy_when_every_negative_is_kept():
+    logits = torch.randn(6, 7, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 2, 3, 4, 6])
+    gmmce = create_loss(LossSpec("gmmce", {"k": 3}), np.ones(7))  # 6 negatives = top-3 + bottom-3
+    assert float(gmmce(logits, target)) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)),
+                                                         rel=1e-6)
+
+
+def test_asae_peaks_are_the_top_k_local_maxima():
+    from bmengine.training.models.attention.asae import peak_mask
+
+    a = torch.tensor([[[[9.0, 1.0, 0.0, 0.0, 5.0],
+                        [1.0, 1.0, 0.0, 0.0, 0.0],
+                        [0.0, 0.0, 7.0, 0.0, 0.0],
+                        [0.0, 0.0, 0.0, 0.0, 0.0],
+                        [6.0, 0.0, 0.0, 0.0, 8.0]]]])
+    mask = peak_mask(a, k=3)
+    assert mask.sum() == 3
+    assert {tuple(i) for i in mask[0, 0].nonzero().tolist()} == {(0, 0), (4, 4), (2, 2)}
+
+
+def test_asae_trains_as_the_mean_of_suppression_and_enhancement_and_is_identity_at_inference():
+    from bmengine.training.models import STAGE_ATTENTION
+
+    layer = STAGE_ATTENTION.create("asae", top_k=1, radius=1)
+    assert not list(layer.parameters())  # parameter-free
+    x = torch.zeros(1, 2, 5, 5)
+    x[0, :, 1, 1] = 4.0  # the one peak of the channel mean
+    x[0, 0, 4, 4] = 1.0
+    suppressed = x.clone()
+    suppressed[0, :, 0:3, 0:3] = 0.0  # 3x3 around the peak
+    enhanced = x * torch.sigmoid(x.mean(dim=1, keepdim=True))
+    assert torch.allclose(layer.train()(x), (suppressed + enhanced) / 2)
+    assert torch.equal(layer.eval()(x), x)
+
+
+@pytest.mark.parametrize("backbone,stage", [("resnet50", "layer3"), ("regnetx_002", "s3")])
+def test_asae_sits_after_the_third_stage_trains_and_exports_without_a_trace(backbone, stage, real_batch, tmp_path):
+    import onnxruntime as ort
+
+    from bmengine.training.export import export_onnx
+    from bmengine.training.models.attention.asae import ASAE
+
+    x, y = real_batch
+    x = x[:, :, :32, :32].contiguous()
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(backbone, "asae", 8, input_size=32))
+    assert isinstance(getattr(model, stage)[-1], ASAE)
+    assert sum(isinstance(m, ASAE) for m in model.modules()) == 1
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = torch.nn.functional.cross_entropy(model.train()(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(loss.item())
+    model.eval()
+    path = tmp_path / "asae.onnx"
+    export_onnx(model, path, 32, opset=17)
+    with torch.no_grad():
+        expected = model(x[:4]).numpy()
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x[:4].numpy()})
+    assert np.allclose(got, expected, rtol=1e-3, atol=1e-3)

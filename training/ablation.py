@@ -32,6 +32,7 @@ class AblationConfig:
     backbones: list[str] = field(default_factory=lambda: ["regnetx_032"])
     attentions: list[str] = field(default_factory=lambda: ["none", "se"])
     losses: list[str] = field(default_factory=lambda: ["ce", "cost_sensitive"])
+    design: str = "grid"  # grid: every combination | sweep: one factor at a time around the first of each list
     epochs: int = 3
     resize: int = 72
     crop: int = 64
@@ -65,6 +66,26 @@ def inference_img_per_s(onnx_path: Path, crop: int, batch: int, repeats: int, th
     return batch / statistics.median(times)
 
 
+def configurations(cfg: AblationConfig) -> list[tuple[str, str, str]]:
+    """The (backbone, attention, loss) runs of the design, without duplicates, in table order.
+
+    ``sweep`` is the shape of the seed's Tables 4-7: the reference is the first backbone, attention
+    and loss; each table replaces one of them. Backbones without attention slots run with ``none``.
+    """
+    if cfg.design == "grid":
+        combos = itertools.product(cfg.backbones, cfg.attentions, cfg.losses)
+    elif cfg.design == "sweep":
+        b0, a0, l0 = cfg.backbones[0], cfg.attentions[0], cfg.losses[0]
+        combos = itertools.chain(
+            ((b, a0 if _supports_attention(b) else "none", l0) for b in cfg.backbones),
+            ((b0, a, l0) for a in cfg.attentions),
+            ((b0, a0, loss) for loss in cfg.losses),
+        )
+    else:
+        raise ValueError(f"unknown ablation design {cfg.design!r}; use grid or sweep")
+    return list(dict.fromkeys(combos))
+
+
 def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Callable[[str], None]) -> dict:
     import torch
 
@@ -75,7 +96,11 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
     tcfg = TrainConfig(data_dir=cfg.data_dir, run_dir=str(run_dir), backbone=backbone, attention=attention,
                        loss=loss, epochs=cfg.epochs, resize=cfg.resize, crop=cfg.crop, batch_size=cfg.batch_size,
                        lr=cfg.lr, seed=cfg.seed, limit_per_class=cfg.limit_per_class,
-                       max_steps_per_epoch=cfg.max_steps_per_epoch)
+                       max_steps_per_epoch=cfg.max_steps_per_epoch,
+                       cache_dir=str(Path(cfg.out_dir) / "cache"))
+    result_file = run_dir / "result.json"
+    if result_file.is_file():  # finished earlier: keep its numbers (and its timing) as measured then
+        return json.loads(result_file.read_text())
     summary = train(tcfg, resume=True, log=log)
     report = json.loads((run_dir / "metrics" / f"epoch_{cfg.epochs:03d}.json").read_text())["validation"]
     state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
@@ -84,26 +109,37 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
     onnx_path = run_dir / "model.onnx"
     if not onnx_path.is_file():
         export_onnx(model, onnx_path, cfg.crop, opset=17)
-    return {
+    row = {
         "backbone": backbone, "attention": attention, "loss": loss,
         **{m: round(report[m], 4) for m in METRICS},
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_seconds": round(sum(h["seconds"] for h in summary["history"]), 1),
         "onnx_img_per_s": round(inference_img_per_s(onnx_path, cfg.crop, cfg.timing_batch, cfg.timing_repeats), 1),
     }
+    result_file.write_text(json.dumps(row, indent=2))
+    return row
 
 
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
     rows = []
-    for backbone, attention, loss in itertools.product(cfg.backbones, cfg.attentions, cfg.losses):
+    runs = configurations(cfg)
+    for n, (backbone, attention, loss) in enumerate(runs, 1):
         if attention != "none" and not _supports_attention(backbone):
             log(f"skip {backbone} + {attention}: attention goes into RegNet/ResNet-family backbones only")
             continue
-        log(f"== {backbone} + {attention} + {loss}")
+        log(f"== [{n}/{len(runs)}] {backbone} + {attention} + {loss}")
         rows.append(_one(cfg, backbone, attention, loss, log))
+        write_table(pd.DataFrame(rows).sort_values("macro_f1", ascending=False, kind="stable"), cfg)
     table = pd.DataFrame(rows).sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
     write_table(table, cfg)
     return table
+
+
+def _design_words(cfg: AblationConfig) -> str:
+    if cfg.design == "sweep":
+        return (f"reference {cfg.backbones[0]} + {cfg.attentions[0]} + {cfg.losses[0]}; each row changes one of the "
+                "three, backbones without attention slots run without attention")
+    return "every backbone x attention x loss combination"
 
 
 def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
@@ -118,6 +154,7 @@ def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
         "",
         f"Command: `{' '.join(sys.argv)}`",
         "",
+        f"Design: {cfg.design} ({_design_words(cfg)}). "
         f"Budget: {cfg.epochs} epochs, {cfg.crop} px crops of {cfg.resize} px resized cells, batch {cfg.batch_size}, "
         f"lr {cfg.lr}, seed {cfg.seed}; validation: stratified 20% split, never trained on. "
         f"img/s: ONNX Runtime fp32, batch {cfg.timing_batch}, median of {cfg.timing_repeats}, "

@@ -54,6 +54,7 @@ class TrainConfig:
     threads: int = 2
     max_steps_per_epoch: int | None = None  # tests and smoke runs
     limit_per_class: int | None = None  # tests and smoke runs
+    cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(crop=self.crop)
@@ -138,7 +139,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
     t0 = time.perf_counter()
     hue = tuple(cfg.hue_range) if cfg.hue_range else None
-    images = cached_images(dataset.files, cfg.resize, run_dir / "cache" / "images", hue_range=hue)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
+    images = cached_images(dataset.files, cfg.resize, cache_dir / "images", hue_range=hue)
     log(f"images decoded/cached in {time.perf_counter() - t0:.1f}s")
     labels = dataset.labels
     if cfg.balance_to:

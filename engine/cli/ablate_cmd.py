@@ -30,6 +30,8 @@ def ablate(
     backbones: Annotated[str, typer.Option(help="Comma-separated backbone names.")] = "regnetx_032",
     attentions: Annotated[str, typer.Option(help="Comma-separated attention names ('none' included).")] = "none,se",
     losses: Annotated[str, typer.Option(help="Comma-separated loss names.")] = "ce,cost_sensitive",
+    design: Annotated[str, typer.Option(help="grid: every combination; sweep: change one factor at a time "
+                                        "around the first backbone, attention and loss (Tables 4-7 of Hu et al.).")] = "grid",
     epochs: EpochsOption = 3,
     resize: ResizeOption = 72,
     crop: CropOption = 64,
@@ -42,7 +44,7 @@ def ablate(
     """One table in the shape of Hu et al.'s Tables 4-7, plus inference img/s on this CPU."""
     from bmengine.training.ablation import AblationConfig, run_ablation
 
-    cfg = AblationConfig(str(data_dir), str(out), _names(backbones), _names(attentions), _names(losses), epochs,
+    cfg = AblationConfig(str(data_dir), str(out), _names(backbones), _names(attentions), _names(losses), design, epochs,
                          resize, crop, batch_size, lr, seed, limit_per_class, max_steps_per_epoch)
     table = run_ablation(cfg, log=lambda m: typer.echo(m, err=True))
     typer.echo(table.to_string(index=False))

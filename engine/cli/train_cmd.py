@@ -24,7 +24,7 @@ def train(
     data_dir: DataDirArgument,
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, metrics.")],
     backbone: Annotated[str, typer.Option(help="Backbone name (see `bmengine train --list`).")] = "regnetx_032",
-    attention: Annotated[str, typer.Option(help="Attention block in every RegNet/ResNet block, or 'none' (see --list).")] = "se",
+    attention: Annotated[str, typer.Option(help="Attention block in every RegNet/ResNet block, a stage layer (asae, after layer3), or 'none' (see --list).")] = "se",
     loss: Annotated[str, typer.Option(help="Loss name (see --list).")] = "cost_sensitive",
     sampler: Annotated[str, typer.Option(help="shuffle or balanced (equal images per class per batch).")] = "shuffle",
     balance_to: Annotated[Optional[int], typer.Option(help="Offline augmentation: grow every training class to this many crops.")] = None,
@@ -48,10 +48,11 @@ def train(
 
     if list_parts:
         from bmengine.training.losses import LOSSES
-        from bmengine.training.models import ATTENTION, BACKBONES
+        from bmengine.training.models import ATTENTION, BACKBONES, STAGE_ATTENTION
 
         typer.echo(f"backbones: {', '.join(BACKBONES.names())}")
         typer.echo(f"attention: {', '.join(ATTENTION.names())}")
+        typer.echo(f"stage attention (after layer3): {', '.join(STAGE_ATTENTION.names())}")
         typer.echo(f"losses:    {', '.join(LOSSES.names())}")
         return
     cfg = TrainConfig(

@@ -2,7 +2,8 @@
 
 Attention goes where the seed papers put it: in every RegNet block after the 3x3 group
 convolution (Hu et al. 2025), and in every ResNet/ResNeXt bottleneck at the SE-ResNet position
-(after the last 1x1 convolution, before the residual sum). Other backbones take ``attention="none"``.
+(after the last 1x1 convolution, before the residual sum). Stage layers (Wang et al.'s ASAE) go once,
+after ResNet ``layer3`` (RegNet: its third stage ``s3``). Other backbones take ``attention="none"``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from bmengine.training.models.attention import ATTENTION
+from bmengine.training.models.attention import ATTENTION, STAGE_ATTENTION
 from bmengine.training.registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
@@ -44,10 +45,16 @@ def _attend(blocks: list[nn.Module], channels_of: Callable[[nn.Module], int], at
         block.se = ATTENTION.create(attention, channels_of(block), rd_channels=max(8, int(round(in_channels * 0.25))))
 
 
+def _after_stage(model: nn.Module, stage: str, attention: str) -> None:
+    setattr(model, stage, nn.Sequential(getattr(model, stage), STAGE_ATTENTION.create(attention)))
+
+
 def _regnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
     def factory(spec: ModelSpec) -> nn.Module:
         model = _timm(timm_name, spec)
-        if spec.attention != "none":
+        if spec.attention in STAGE_ATTENTION:
+            _after_stage(model, "s3", spec.attention)
+        elif spec.attention != "none":
             blocks = [m for m in model.modules() if hasattr(m, "conv2") and hasattr(m, "se")]
             _attend(blocks, lambda b: b.conv2.conv.out_channels, spec.attention)
         return model
@@ -58,7 +65,9 @@ def _regnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
 def _resnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
     def factory(spec: ModelSpec) -> nn.Module:
         model = _timm(timm_name, spec)
-        if spec.attention != "none":
+        if spec.attention in STAGE_ATTENTION:
+            _after_stage(model, "layer3", spec.attention)
+        elif spec.attention != "none":
             blocks = [m for m in model.modules() if hasattr(m, "conv3") and hasattr(m, "se")]
             _attend(blocks, lambda b: b.conv3.out_channels, spec.attention)
         return model
@@ -98,6 +107,7 @@ def _multiscale(spec: ModelSpec) -> nn.Module:
 
 
 def create_model(spec: ModelSpec) -> nn.Module:
-    if spec.attention not in ATTENTION:
-        raise KeyError(f"unknown attention block {spec.attention!r}; known: {', '.join(ATTENTION.names())}")
+    if spec.attention not in ATTENTION and spec.attention not in STAGE_ATTENTION:
+        known = ", ".join(ATTENTION.names() + STAGE_ATTENTION.names())
+        raise KeyError(f"unknown attention block {spec.attention!r}; known: {known}")
     return BACKBONES.create(spec.backbone, spec)

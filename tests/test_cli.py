@@ -75,7 +75,15 @@ def test_ablate_runs_a_grid_and_writes_the_table(pbc_subset, tmp_path):
     assert table["macro_f1"].is_monotonic_decreasing
     markdown = (out / "ablation.md").read_text()
     assert "Command: `" in markdown and markdown.count("| regnetx_002 |") == 2
-    again = _run("ablate", pbc_subset, "--out", out, "--backbones", "regnetx_002", "--attentions", "none",
-                 "--losses", "ce", "--epochs", "1", "--resize", "40", "--crop", "32", "--batch-size", "16",
-                 "--max-steps-per-epoch", "1")
-    assert "resumed from" in again.stderr  # a finished configuration is not retrained
+    # the sweep design reuses the three finished runs and trains only the new loss
+    again = _run("ablate", pbc_subset, "--out", out, "--design", "sweep", "--backbones", "regnetx_002,densenet201",
+                 "--attentions", "se,none", "--losses", "ce,gmmce", "--epochs", "1", "--resize", "40", "--crop", "32",
+                 "--batch-size", "16", "--max-steps-per-epoch", "1")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("finished earlier") == 3
+    table = pd.read_csv(out / "ablation.csv")
+    assert sorted(zip(table["backbone"], table["attention"], table["loss"])) == [
+        ("densenet201", "none", "ce"), ("regnetx_002", "none", "ce"), ("regnetx_002", "se", "ce"),
+        ("regnetx_002", "se", "gmmce")]
+    markdown = (out / "ablation.md").read_text()
+    assert markdown.count("\n## ") == 3 and "Best 3 of 4" not in markdown  # sections; no ranking under 6 runs

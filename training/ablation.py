@@ -100,6 +100,7 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
                        cache_dir=str(Path(cfg.out_dir) / "cache"))
     result_file = run_dir / "result.json"
     if result_file.is_file():  # finished earlier: keep its numbers (and its timing) as measured then
+        log(f"{run_dir.name}: finished earlier, keeping {result_file}")
         return json.loads(result_file.read_text())
     summary = train(tcfg, resume=True, log=log)
     report = json.loads((run_dir / "metrics" / f"epoch_{cfg.epochs:03d}.json").read_text())["validation"]
@@ -129,7 +130,7 @@ def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> pd.
             continue
         log(f"== [{n}/{len(runs)}] {backbone} + {attention} + {loss}")
         rows.append(_one(cfg, backbone, attention, loss, log))
-        write_table(pd.DataFrame(rows).sort_values("macro_f1", ascending=False, kind="stable"), cfg)
+        write_table(pd.DataFrame(rows), cfg)
     table = pd.DataFrame(rows).sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
     write_table(table, cfg)
     return table
@@ -142,30 +143,60 @@ def _design_words(cfg: AblationConfig) -> str:
     return "every backbone x attention x loss combination"
 
 
+def _sections(table: pd.DataFrame, cfg: AblationConfig) -> list[tuple[str, pd.DataFrame]]:
+    """Sweep: one table per factor (the reference row in each); grid: one table of every run."""
+    if cfg.design != "sweep":
+        return [("All runs", table)]
+    b0, a0, l0 = cfg.backbones[0], cfg.attentions[0], cfg.losses[0]
+    return [
+        (f"Backbones (attention {a0} where the backbone has slots, else none; loss {l0})",
+         table[(table.loss == l0) & (table.attention == table.backbone.map(
+             lambda b: a0 if _supports_attention(b) else "none"))]),
+        (f"Attention ({b0}, loss {l0})", table[(table.backbone == b0) & (table.loss == l0)]),
+        (f"Loss ({b0} + {a0})", table[(table.backbone == b0) & (table.attention == a0)]),
+    ]
+
+
+def _markdown_rows(table: pd.DataFrame) -> list[str]:
+    lines = ["| backbone | attention | loss | top-1 | top-5 | macro P | macro R | macro F1 | params (M) | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.backbone} | {r.attention} | {r.loss} | {r.accuracy:.2%} | {r.top5_accuracy:.2%} | "
+                     f"{r.macro_precision:.2%} | {r.macro_recall:.2%} | {r.macro_f1:.2%} | {r.params_M} | "
+                     f"{r.onnx_img_per_s:.0f} |")
+    return lines
+
+
+def command_line() -> str:
+    """The command as a user types it (program name without its install path)."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
     from bmengine.engine.bench import machine_info
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    table = table.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
     table.to_csv(out / "ablation.csv", index=False)
     machine = machine_info()
     lines = [
         "# Ablation: backbone x attention x loss",
         "",
-        f"Command: `{' '.join(sys.argv)}`",
+        f"Command: `{command_line()}`",
         "",
         f"Design: {cfg.design} ({_design_words(cfg)}). "
-        f"Budget: {cfg.epochs} epochs, {cfg.crop} px crops of {cfg.resize} px resized cells, batch {cfg.batch_size}, "
-        f"lr {cfg.lr}, seed {cfg.seed}; validation: stratified 20% split, never trained on. "
-        f"img/s: ONNX Runtime fp32, batch {cfg.timing_batch}, median of {cfg.timing_repeats}, "
-        f"on {machine['cpu']} ({machine['cores']} cores).",
-        "",
-        "| backbone | attention | loss | top-1 | top-5 | macro P | macro R | macro F1 | params (M) | img/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Budget: {cfg.epochs} epochs from scratch, {cfg.crop} px crops of {cfg.resize} px resized cells, "
+        f"batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}; validation: the stratified 20% split, never "
+        f"trained on. img/s: ONNX Runtime fp32, batch {cfg.timing_batch}, median of {cfg.timing_repeats}, "
+        f"on {machine['cpu']} ({machine['cores']} cores). Rows within a table are sorted by macro F1.",
     ]
-    for r in table.itertuples():
-        lines.append(f"| {r.backbone} | {r.attention} | {r.loss} | {r.accuracy:.2%} | {r.top5_accuracy:.2%} | "
-                     f"{r.macro_precision:.2%} | {r.macro_recall:.2%} | {r.macro_f1:.2%} | {r.params_M} | "
-                     f"{r.onnx_img_per_s:.0f} |")
+    for title, rows in _sections(table, cfg):
+        lines += ["", f"## {title}", "", *_markdown_rows(rows)]
+    if len(table) >= 6:
+        best, worst = table.head(3), table.tail(3)
+        name = lambda r: f"{r.backbone} + {r.attention} + {r.loss} ({r.macro_f1:.2%})"  # noqa: E731
+        lines += ["", f"Best 3 of {len(table)} by macro F1: " + "; ".join(name(r) for r in best.itertuples()) + ".",
+                  "Worst 3: " + "; ".join(name(r) for r in worst.itertuples()) + "."]
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     (out / "ablation_config.json").write_text(json.dumps(asdict(cfg), indent=2))

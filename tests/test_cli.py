@@ -28,6 +28,15 @@ def test_eval_json_scores_a_class_per_folder_dataset(tiny_model, pbc_subset):
     assert 0 <= report["macro_f1"] <= 1 and report["model"]["sha256"]
 
 
+def test_eval_held_out_scores_exactly_the_split_training_never_saw(tiny_model, pbc_subset):
+    split = json.loads((tiny_model.parents[1] / "split.json").read_text())  # written by `bmengine train`
+    result = _run("eval", pbc_subset, "--model", tiny_model, "--held-out", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == len(split["val"]) == 8 * round(12 * 0.2)
+    assert len(split["train"]) + report["n"] == 96
+
+
 def test_eval_refuses_folders_the_model_does_not_know(tiny_model, tmp_path):
     (tmp_path / "not_a_class").mkdir()
     result = _run("eval", tmp_path, "--model", tiny_model)

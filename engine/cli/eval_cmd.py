@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
 
@@ -16,6 +19,8 @@ def evaluate(
     model: ModelOption = DEFAULT_MODEL_PATH,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write confusion matrix (CSV, PNG) and PR curves here.")] = None,
+    held_out: Annotated[bool, typer.Option("--held-out", help="Score only the crops the model's training held out "
+                                           "(the split its card records: seed and validation fraction).")] = False,
     batch_size: BatchOption = 64,
     threads: ThreadsOption = 2,
 ) -> None:
@@ -28,11 +33,13 @@ def evaluate(
     try:
         backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
         data = ImageFolder.scan(folder, tuple(backend.card.classes))
+        files, labels = list(data.files), data.labels
+        if held_out:
+            files, labels = _held_out(data, backend.card.training, model)
     except (ModelCardError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    report = evaluate_files(backend, list(data.files), data.labels, out_dir=out, batch_size=batch_size,
-                            threads=threads)
+    report = evaluate_files(backend, files, labels, out_dir=out, batch_size=batch_size, threads=threads)
     report["model"] = {"path": str(model), "sha256": backend.card.weights_sha256, "name": backend.card.name}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -42,6 +49,16 @@ def evaluate(
                f"ECE {report['expected_calibration_error']:.4f}")
     for name, f1 in report["per_class_f1"].items():
         typer.echo(f"  {name:<14} F1 {f1:.4f}  (n={report['per_class'][name]['support']})")
+
+
+def _held_out(data, training: dict, model: Path) -> tuple[list[Path], "np.ndarray"]:
+    """The validation split exactly as `bmengine train` drew it (same scan order, seed and fraction)."""
+    from bmengine.training.dataset import stratified_split
+
+    if "seed" not in training or "val_fraction" not in training:
+        raise ValueError(f"{model}: its card records no training split (seed, val_fraction); --held-out needs them")
+    _, val = stratified_split(data.labels, float(training["val_fraction"]), int(training["seed"]))
+    return [data.files[i] for i in val], data.labels[val]
 
 
 def register(app: typer.Typer) -> None:

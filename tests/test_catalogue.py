@@ -76,29 +76,50 @@ def real_batch(pbc_subset):
     return x, torch.from_numpy(data.labels[idx])
 
 
-@pytest.mark.parametrize("attention", ATTENTION.names())
-def test_every_attention_trains_a_step_in_regnet_on_real_crops(attention, real_batch):
-    x, y = real_batch
-    torch.manual_seed(0)
-    model = create_model(ModelSpec("regnetx_002", attention, 8))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+def _train_steps(model, x, y, loss_fn, steps: int = 3, lr: float = 0.05) -> list[float]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     losses = []
-    for _ in range(3):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+    for _ in range(steps):
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    return losses
+
+
+def _assert_onnx_matches(model, x, path) -> None:
+    import onnxruntime as ort
+
+    from bmengine.training.export import export_onnx
+
+    model.eval()
+    export_onnx(model, path, x.shape[-1], opset=17)
+    with torch.no_grad():
+        expected = model(x[:4]).numpy()
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x[:4].numpy()})
+    assert np.allclose(got, expected, rtol=1e-3, atol=1e-3), np.abs(got - expected).max()
+
+
+@pytest.mark.parametrize("attention", ATTENTION.names())
+def test_every_attention_trains_a_step_in_regnet_on_real_crops_and_exports(attention, real_batch, tmp_path):
+    x, y = real_batch
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("regnetx_002", attention, 8, input_size=48))
+    losses = _train_steps(model, x, y, torch.nn.functional.cross_entropy)
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]  # it learns the batch
+    _assert_onnx_matches(model, x, tmp_path / f"{attention}.onnx")
 
 
 @pytest.mark.parametrize("loss_name", LOSSES.names())
-def test_every_loss_gives_a_finite_gradient(loss_name):
-    model = create_model(ModelSpec("regnetx_002", "none", 8))
+def test_every_loss_trains_on_real_crops(loss_name, real_batch):
+    x, y = real_batch
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("regnetx_002", "none", 8, input_size=48))
     loss = create_loss(LossSpec(loss_name), np.array([50, 40, 30, 20, 10, 5, 3, 2]))
-    out = loss(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 3, 7, 5]))
-    out.backward()
-    assert torch.isfinite(out) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    losses = _train_steps(model, x, y, loss)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 BACKBONE_ATTENTION = {"regnetx_002": "eca", "resnet50": "se", "resnext50_32x4d": "cbam"}

@@ -19,7 +19,9 @@ BatchOption = Annotated[int, typer.Option("--batch-size", help="Crops per batch.
 DEFAULT_MODEL_PATH = DEFAULT_MODEL
 
 # Training budget options, shared by `train` and `ablate`.
-DataDirArgument = Annotated[Path, typer.Argument(help="Class-per-folder dataset (nested sub-folders allowed).")]
+_DATA_DIR = typer.Argument(help="Class-per-folder dataset (nested sub-folders allowed).")
+DataDirArgument = Annotated[Path, _DATA_DIR]
+OptionalDataDirArgument = Annotated[Optional[Path], _DATA_DIR]  # commands with a mode that needs no data
 EpochsOption = Annotated[int, typer.Option(help="Epochs (cosine schedule over all of them).")]
 LrOption = Annotated[float, typer.Option(help="Peak learning rate.")]
 ResizeOption = Annotated[int, typer.Option(help="Crops are resized to this square size first.")]

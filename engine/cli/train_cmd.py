@@ -10,7 +10,7 @@ import typer
 from bmengine.engine.cli.options import (
     BatchOption,
     CropOption,
-    DataDirArgument,
+    OptionalDataDirArgument,
     EpochsOption,
     LimitPerClassOption,
     LrOption,
@@ -21,8 +21,8 @@ from bmengine.engine.cli.options import (
 
 
 def train(
-    data_dir: DataDirArgument,
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, split, metrics.")],
+    data_dir: OptionalDataDirArgument = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: checkpoints, split, metrics.")] = None,
     backbone: Annotated[str, typer.Option(help="Backbone name (see `bmengine train --list`).")] = "regnetx_032",
     attention: Annotated[str, typer.Option(help="Attention block in every RegNet/ResNet block, a stage layer (asae, after layer3), or 'none' (see --list).")] = "se",
     loss: Annotated[str, typer.Option(help="Loss name (see --list).")] = "cost_sensitive",
@@ -55,6 +55,8 @@ def train(
         typer.echo(f"stage attention (after layer3): {', '.join(STAGE_ATTENTION.names())}")
         typer.echo(f"losses:    {', '.join(LOSSES.names())}")
         return
+    if data_dir is None or out is None:
+        raise typer.BadParameter("give DATA_DIR and --out RUN_DIR (or --list to see the catalogue)")
     cfg = TrainConfig(
         data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
         loss=loss, sampler=sampler, balance_to=balance_to,

@@ -101,3 +101,9 @@ def test_ablate_runs_a_grid_and_writes_the_table(pbc_subset, tmp_path):
         ("regnetx_002", "se", "gmmce")]
     markdown = (out / "ablation.md").read_text()
     assert markdown.count("\n## ") == 3 and "Best 3 of 4" not in markdown  # sections; no ranking under 6 runs
+    # another budget in the same folder is refused, naming the run and what differs; the table stays
+    other = _run("ablate", pbc_subset, "--out", out, "--backbones", "regnetx_002", "--attentions", "none",
+                 "--losses", "ce", "--epochs", "1", "--resize", "40", "--crop", "32", "--batch-size", "16",
+                 "--max-steps-per-epoch", "1", "--seed", "1")
+    assert other.returncode != 0 and "regnetx_002__none__ce" in other.stderr and "seed 0 (now 1)" in other.stderr
+    assert len(pd.read_csv(out / "ablation.csv")) == 4

@@ -86,6 +86,19 @@ def configurations(cfg: AblationConfig) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(combos))
 
 
+BUDGET_FIELDS = ("data_dir", "epochs", "resize", "crop", "batch_size", "lr", "seed", "limit_per_class",
+                 "max_steps_per_epoch")
+
+
+def _check_same_budget(run_dir: Path, tcfg: TrainConfig) -> None:
+    """A finished run is reused only under the budget it was trained with (else its row would lie)."""
+    trained = json.loads((run_dir / "summary.json").read_text())["config"]
+    wanted = asdict(tcfg)
+    if differing := [f for f in BUDGET_FIELDS if trained.get(f) != wanted[f]]:
+        changes = ", ".join(f"{f} {trained.get(f)!r} (now {wanted[f]!r})" for f in differing)
+        raise ValueError(f"{run_dir} was trained with {changes}; use another --out for another budget")
+
+
 def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Callable[[str], None]) -> dict:
     import torch
 
@@ -100,6 +113,7 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
                        cache_dir=str(Path(cfg.out_dir) / "cache"))
     result_file = run_dir / "result.json"
     if result_file.is_file():  # finished earlier: keep its numbers (and its timing) as measured then
+        _check_same_budget(run_dir, tcfg)
         log(f"{run_dir.name}: finished earlier, keeping {result_file}")
         return json.loads(result_file.read_text())
     summary = train(tcfg, resume=True, log=log)

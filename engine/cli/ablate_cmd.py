@@ -46,7 +46,11 @@ def ablate(
 
     cfg = AblationConfig(str(data_dir), str(out), _names(backbones), _names(attentions), _names(losses), design, epochs,
                          resize, crop, batch_size, lr, seed, limit_per_class, max_steps_per_epoch)
-    table = run_ablation(cfg, log=lambda m: typer.echo(m, err=True))
+    try:
+        table = run_ablation(cfg, log=lambda m: typer.echo(m, err=True))
+    except (KeyError, ValueError) as error:  # unknown part, another budget in this folder: nothing is lost
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from error
     typer.echo(table.to_string(index=False))
     typer.echo(f"table: {out / 'ablation.md'}")
 

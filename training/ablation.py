@@ -172,12 +172,13 @@ def _sections(table: pd.DataFrame, cfg: AblationConfig) -> list[tuple[str, pd.Da
 
 
 def _markdown_rows(table: pd.DataFrame) -> list[str]:
-    lines = ["| backbone | attention | loss | top-1 | top-5 | macro P | macro R | macro F1 | params (M) | img/s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | attention | loss | top-1 | top-5 | macro P | macro R | macro F1 | params (M) | "
+             "train (min) | img/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.backbone} | {r.attention} | {r.loss} | {r.accuracy:.2%} | {r.top5_accuracy:.2%} | "
                      f"{r.macro_precision:.2%} | {r.macro_recall:.2%} | {r.macro_f1:.2%} | {r.params_M} | "
-                     f"{r.onnx_img_per_s:.0f} |")
+                     f"{r.train_seconds / 60:.1f} | {r.onnx_img_per_s:.0f} |")
     return lines
 
 

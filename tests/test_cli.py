@@ -89,6 +89,7 @@ def test_ablate_runs_a_grid_and_writes_the_table(pbc_subset, tmp_path):
     assert table["macro_f1"].is_monotonic_decreasing
     markdown = (out / "ablation.md").read_text()
     assert "Command: `" in markdown and markdown.count("| regnetx_002 |") == 2
+    assert f"measured on {table['machine'][0]}" in markdown and table["machine"].nunique() == 1
     # the sweep design reuses the three finished runs and trains only the new loss
     again = _run("ablate", pbc_subset, "--out", out, "--design", "sweep", "--backbones", "regnetx_002,densenet201",
                  "--attentions", "se,none", "--losses", "ce,gmmce", "--epochs", "1", "--resize", "40", "--crop", "32",

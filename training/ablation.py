@@ -130,6 +130,7 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "train_seconds": round(sum(h["seconds"] for h in summary["history"]), 1),
         "onnx_img_per_s": round(inference_img_per_s(onnx_path, cfg.crop, cfg.timing_batch, cfg.timing_repeats), 1),
+        "machine": machine_words(),
     }
     result_file.write_text(json.dumps(row, indent=2))
     return row
@@ -182,19 +183,25 @@ def _markdown_rows(table: pd.DataFrame) -> list[str]:
     return lines
 
 
+def machine_words() -> str:
+    """The machine a row was trained and timed on, as the table prints it."""
+    from bmengine.engine.bench import machine_info
+
+    machine = machine_info()
+    return f"{machine['cpu']} ({machine['cores']} cores)"
+
+
 def command_line() -> str:
     """The command as a user types it (program name without its install path)."""
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
-    from bmengine.engine.bench import machine_info
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = table.sort_values("macro_f1", ascending=False, kind="stable").reset_index(drop=True)
     table.to_csv(out / "ablation.csv", index=False)
-    machine = machine_info()
+    machines = sorted(set(table.get("machine", pd.Series(dtype=str)).dropna())) or [machine_words()]
     lines = [
         "# Ablation: backbone x attention x loss",
         "",
@@ -203,8 +210,8 @@ def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
         f"Design: {cfg.design} ({_design_words(cfg)}). "
         f"Budget: {cfg.epochs} epochs from scratch, {cfg.crop} px crops of {cfg.resize} px resized cells, "
         f"batch {cfg.batch_size}, lr {cfg.lr}, seed {cfg.seed}; validation: the stratified 20% split, never "
-        f"trained on. img/s: ONNX Runtime fp32, batch {cfg.timing_batch}, median of {cfg.timing_repeats}, "
-        f"on {machine['cpu']} ({machine['cores']} cores). Rows within a table are sorted by macro F1.",
+        f"trained on. Training minutes and img/s (ONNX Runtime fp32, batch {cfg.timing_batch}, median of "
+        f"{cfg.timing_repeats}) measured on {' and '.join(machines)}. Rows within a table are sorted by macro F1.",
     ]
     for title, rows in _sections(table, cfg):
         lines += ["", f"## {title}", "", *_markdown_rows(rows)]

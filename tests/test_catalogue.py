@@ -158,6 +158,13 @@ def test_attention_outside_regnet_and_resnet_is_refused():
         create_model(ModelSpec("densenet201", "se", 8))
 
 
+def test_coatnet_refuses_an_input_size_its_windows_cannot_tile():
+    # 112 px leaves a 3.5-token last stage: timm would fail mid-forward with a bare shape error
+    with pytest.raises(ValueError, match=r"multiple of 32, got 112; try 96 or 128"):
+        create_model(ModelSpec("coatnet_0", "none", 8, input_size=112))
+    assert create_model(ModelSpec("coatnet_0", "none", 8, input_size=96)) is not None
+
+
 @pytest.mark.parametrize("backbone,slot", [("resnet50", "conv3"), ("regnetx_002", "conv2")])
 def test_attention_sits_in_every_block(backbone, slot):
     from bmengine.training.models.attention.eca import EfficientChannelAttention

@@ -75,11 +75,18 @@ def _resnet(timm_name: str) -> Callable[[ModelSpec], nn.Module]:
     return factory
 
 
-def _plain(timm_name: str, sized: bool = False) -> Callable[[ModelSpec], nn.Module]:
+def _plain(timm_name: str, sized: bool = False, multiple_of: int = 1) -> Callable[[ModelSpec], nn.Module]:
+    """``multiple_of``: input sizes the model's fixed attention windows accept (checked up front, since
+    timm would only fail deep inside the first forward pass with a tensor-shape error)."""
+
     def factory(spec: ModelSpec) -> nn.Module:
         if spec.attention != "none":
             raise ValueError(f"{spec.backbone}: attention blocks go into RegNet and ResNet-family backbones; "
                              "use --attention none")
+        if spec.input_size % multiple_of:
+            lower = spec.input_size // multiple_of * multiple_of
+            raise ValueError(f"{spec.backbone}: input size (--crop) must be a multiple of {multiple_of}, "
+                             f"got {spec.input_size}; try {lower or multiple_of} or {lower + multiple_of}")
         return _timm(timm_name, spec, **({"img_size": spec.input_size} if sized else {}))
 
     return factory
@@ -93,7 +100,7 @@ BACKBONES.register("densenet201")(_plain("densenet201"))
 BACKBONES.register("mobilenetv3_large_100")(_plain("mobilenetv3_large_100"))
 BACKBONES.register("efficientnetv2_s")(_plain("efficientnetv2_s"))
 BACKBONES.register("swinv2_tiny")(_plain("swinv2_tiny_window8_256", sized=True))
-BACKBONES.register("coatnet_0")(_plain("coatnet_0_rw_224", sized=True))
+BACKBONES.register("coatnet_0")(_plain("coatnet_0_rw_224", sized=True, multiple_of=32))
 
 
 @BACKBONES.register("multiscale_cross_attention")

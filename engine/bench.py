@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 
-
 @dataclass
 class StageResult:
     stage: str
@@ -45,6 +44,12 @@ def machine_info() -> dict:
     gpu = next((c.detail for c in run_checks() if c.name.startswith("cuda") and c.ok), None)
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+def machine_words() -> str:
+    """The machine in a few words, as tables and model cards print it: CPU model and core count."""
+    machine = machine_info()
+    return f"{machine['cpu']} ({machine['cores']} cores)"
 
 
 def _time(fn: Callable[[], None], repeats: int) -> list[float]:

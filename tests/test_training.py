@@ -79,6 +79,7 @@ def test_trained_model_exports_to_onnx_with_matching_outputs(tiny_model):
     """`bmengine train` + `bmengine export` produced fp32 and int8 ONNX with cards; ORT == torch."""
     import onnxruntime as ort
 
+    from bmengine.engine.bench import machine_words
     from bmengine.engine.model import load_card
     from bmengine.training.models import ModelSpec, create_model
 
@@ -87,6 +88,7 @@ def test_trained_model_exports_to_onnx_with_matching_outputs(tiny_model):
     assert card.precision == "fp32" and card8.precision == "int8"
     assert card.preprocessing.crop == 64 and card.classes == card8.classes and len(card.classes) == 8
     assert "accuracy" in card.metrics["validation"] and "fp32_validation" in card8.metrics
+    assert card.training["machines"] == [machine_words()]  # the img/s it records name their machine
     run = fp32.parent.parent
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 2 and len(state["history"]) == 2

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from bmengine.engine.bench import machine_words
 from bmengine.training.trainer import TrainConfig, train
 
 METRICS = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -181,14 +182,6 @@ def _markdown_rows(table: pd.DataFrame) -> list[str]:
                      f"{r.macro_precision:.2%} | {r.macro_recall:.2%} | {r.macro_f1:.2%} | {r.params_M} | "
                      f"{r.train_seconds / 60:.1f} | {r.onnx_img_per_s:.0f} |")
     return lines
-
-
-def machine_words() -> str:
-    """The machine a row was trained and timed on, as the table prints it."""
-    from bmengine.engine.bench import machine_info
-
-    machine = machine_info()
-    return f"{machine['cpu']} ({machine['cores']} cores)"
 
 
 def command_line() -> str:

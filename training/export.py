@@ -135,6 +135,7 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
             "val_fraction": cfg["val_fraction"],
             "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
             "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in state["history"]])), 1),
+            "machines": sorted({h["machine"] for h in state["history"] if "machine" in h}),
             "history": state["history"],
             **extra.get("training", {}),
         },

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bmengine.engine.bench import machine_words
 from bmengine.training.augment import AugmentConfig, augment, center_crop, normalize
 from bmengine.training.dataset import ImageFolder, stratified_split
 from bmengine.training.image_cache import cached_images
@@ -169,6 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     sampler = SAMPLERS[cfg.sampler]
     aug_cfg = cfg.augment_config()
+    machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -203,6 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "val_accuracy": report["accuracy"],
             "val_macro_f1": report["macro_f1"],
             "seconds": time.perf_counter() - t_epoch,
+            "machine": machine,
         }
         history.append(record)
         metrics_dir = run_dir / "metrics"

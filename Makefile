@@ -37,7 +37,7 @@ demo: $(ENGINE_STAMP)
 test: $(TRAIN_STAMP)
 	$(PY) -m pytest -q
 
-## default-model: re-train and re-export the shipped default model (about 1 h on 2 CPU cores)
+## default-model: re-train and re-export the shipped default model (about 25 min on 2 AMD EPYC cores, 80 img/s)
 default-model: $(TRAIN_STAMP)
 	$(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone regnetx_032 --attention se --loss cost_sensitive \
 		--epochs 10 --batch-size 64 --lr 2e-3 --resize 128 --crop 112 --seed 0

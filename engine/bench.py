@@ -30,26 +30,28 @@ class StageResult:
         return self.items / statistics.median(self.seconds)
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
     from bmengine.engine.doctor import run_checks
 
     gpu = next((c.detail for c in run_checks() if c.name.startswith("cuda") and c.ok), None)
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform(),
             "python": platform.python_version()}
 
 
 def machine_words() -> str:
-    """The machine in a few words, as tables and model cards print it: CPU model and core count."""
-    machine = machine_info()
-    return f"{machine['cpu']} ({machine['cores']} cores)"
+    """The machine in a few words, as tables and model cards print it: CPU model and core count
+    (no doctor checks: the trainer and every ablation row call this)."""
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"
 
 
 def _time(fn: Callable[[], None], repeats: int) -> list[float]:

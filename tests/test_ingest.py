@@ -12,10 +12,7 @@ from bmengine.engine.cli.app import app
 from bmengine.engine.store import SlideStore
 from bmengine.engine.store.ingest import IngestError, ingest_folder, ingest_manifest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PBC = DATA / "pbc"
-if not PBC.is_dir():
-    pytest.skip(f"real crops not found at {PBC} (../shared/data beside the repo)", allow_module_level=True)
+from conftest import PBC
 
 
 def real_jpegs(cls: str, n: int) -> list[Path]:

@@ -20,10 +20,7 @@ from bmengine.engine.store import (
 )
 from bmengine.engine.store.slide_store import ATTRS_KEY, BYTES_CHUNK
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-PBC = DATA / "pbc"
-if not PBC.is_dir():
-    pytest.skip(f"real crops not found at {PBC} (../shared/data beside the repo)", allow_module_level=True)
+from conftest import PBC
 
 
 def real_jpegs(n: int) -> list[Path]:

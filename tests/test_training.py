@@ -110,10 +110,11 @@ def test_training_resumes_from_last_checkpoint(pbc_subset, tmp_path):
     cfg = dict(data_dir=str(pbc_subset), run_dir=str(tmp_path), backbone="regnetx_002", resize=40, crop=32,
                batch_size=16, max_steps_per_epoch=1, limit_per_class=6)
     first = train(TrainConfig(epochs=1, **cfg), log=lambda m: None)
-    resumed = train(TrainConfig(epochs=2, **cfg), resume=True, log=lambda m: None)
-    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    resumed = train(TrainConfig(epochs=3, keep_every=2, **cfg), resume=True, log=lambda m: None)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
     assert resumed["history"][0] == first["history"][0]  # epoch 1 was not redone
-    assert (tmp_path / "checkpoints" / "epoch_002.pt").is_file()
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert "last.pt" in kept and [k for k in kept if k.startswith("epoch_")] == ["epoch_002.pt"]
 
 
 def test_explain_writes_grad_cam_and_smoothgrad_overlays(tiny_model, tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bmengine.engine.bench import machine_words
-from bmengine.training.trainer import TrainConfig, train
+from bmengine.training.trainer import TrainConfig, command_line, train
 
 METRICS = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -184,11 +184,6 @@ def _markdown_rows(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def command_line() -> str:
-    """The command as a user types it (program name without its install path)."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-
-
 def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +193,7 @@ def write_table(table: pd.DataFrame, cfg: AblationConfig) -> None:
     lines = [
         "# Ablation: backbone x attention x loss",
         "",
-        f"Command: `{command_line()}`",
+        f"Command: `{command_line(sys.argv)}`",
         "",
         f"Design: {cfg.design} ({_design_words(cfg)}). "
         f"Budget: {cfg.epochs} epochs from scratch, {cfg.crop} px crops of {cfg.resize} px resized cells, "

@@ -56,9 +56,16 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # tests and smoke runs
     limit_per_class: int | None = None  # tests and smoke runs
     cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
+    keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(crop=self.crop)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as a user would retype it: ``bmengine train ...``, not the venv's absolute path."""
+    program = Path(argv[0]).name if argv else ""
+    return " ".join([program, *argv[1:]])
 
 
 def resolve_taxonomy(classes: tuple[str, ...], name: str | None) -> str:
@@ -224,12 +231,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "classes": list(classes),
             "taxonomy": taxonomy,
             "val_report": report,
-            "command": " ".join(sys.argv),
+            "command": command_line(sys.argv),
         }
         if report["macro_f1"] > best_f1:
             best_f1 = report["macro_f1"]
             _save(state, ckpt_dir / "best.pt")
-        _save(state, ckpt_dir / f"epoch_{epoch + 1:03d}.pt")
+        if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
+            _save(state, ckpt_dir / f"epoch_{epoch + 1:03d}.pt")
         _save(state, last)
     summary = {"config": asdict(cfg), "taxonomy": taxonomy, "history": history, "best_macro_f1": best_f1}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -3,5 +3,5 @@
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent
-DEFAULT_MODEL = ASSETS / "models" / "pbc_regnetx032_se_cs_int8.onnx"
+DEFAULT_MODEL = ASSETS / "models" / "pbc_coatnet0_cs_int8.onnx"
 SAMPLE_SLIDES = ASSETS / "sample_slides"

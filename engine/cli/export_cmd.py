@@ -13,6 +13,9 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="fp32 .onnx path; int8 goes beside it as <stem>_int8.onnx.")],
     int8: Annotated[bool, typer.Option(help="Also write the int8 static-quantised model.")] = True,
     calibration_images: Annotated[int, typer.Option(help="Training crops used to calibrate int8.")] = 256,
+    int8_ops: Annotated[str, typer.Option(
+        help="Operators quantised to int8: all, conv (Conv/Gemm only), or auto (conv for attention "
+             "models with softmax/LayerNorm, else all).")] = "auto",
     evaluate: Annotated[bool, typer.Option(help="Score both models on the run's validation split.")] = True,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card (default: file stem).")] = None,
 ) -> None:
@@ -22,8 +25,14 @@ def export(
     if not checkpoint.is_file():
         typer.echo(f"error: {checkpoint}: checkpoint not found", err=True)
         raise typer.Exit(2)
+    from bmengine.training.export import INT8_OP_SETS
+
+    if int8_ops != "auto" and int8_ops not in INT8_OP_SETS:
+        typer.echo(f"error: --int8-ops {int8_ops!r}: choose auto, {', '.join(sorted(INT8_OP_SETS))}", err=True)
+        raise typer.Exit(2)
     paths = run_export(ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images,
-                                    evaluate=evaluate, name=name), log=lambda m: typer.echo(m, err=True))
+                                    evaluate=evaluate, name=name, int8_ops=int8_ops),
+                       log=lambda m: typer.echo(m, err=True))
     for precision, path in paths.items():
         typer.echo(f"{precision}: {path}")
 

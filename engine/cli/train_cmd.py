@@ -41,6 +41,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.pt if present.")] = True,
     limit_per_class: LimitPerClassOption = None,
     max_steps_per_epoch: MaxStepsOption = None,
+    keep_every: Annotated[int, typer.Option(help="Also keep a checkpoint every N epochs (0: only last.pt and best.pt).")] = 0,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
@@ -62,7 +63,7 @@ def train(
         loss=loss, sampler=sampler, balance_to=balance_to,
         hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
-        max_steps_per_epoch=max_steps_per_epoch,
+        max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
     )
     summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")

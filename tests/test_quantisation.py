@@ -1,0 +1,78 @@
+"""int8 export: which operators get quantised, calibrated on real crops through the engine's pipeline."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra")
+onnx = pytest.importorskip("onnx", reason="export needs the [train] extra")
+
+from bmengine.engine.model.card import Preprocessing  # noqa: E402
+from bmengine.training.export import export_onnx, quantize_int8, resolve_int8_ops  # noqa: E402
+from bmengine.training.models import ModelSpec, create_model  # noqa: E402
+from conftest import pbc_files  # noqa: E402
+
+PREP = Preprocessing(resize=36, crop=32)
+
+
+def _export(backbone: str, path):
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(backbone, "none", 8, input_size=32)).eval()
+    export_onnx(model, path, 32, opset=17)
+    return path
+
+
+def _reading_int8(path) -> dict[str, set[str]]:
+    """Nodes by op type (and "Op:slot") that read a dequantised tensor: an int8 activation (DQ after Q)
+    or, under "Op:w<slot>", an int8 initializer such as a convolution's weights."""
+    graph = onnx.load(str(path)).graph
+    quantised = {node.output[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    activations = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"
+                   and node.input[0] in quantised}
+    weights = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"
+               and node.input[0] not in quantised}
+    reading: dict[str, set[str]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in activations:
+                reading.setdefault(node.op_type, set()).add(node.name)
+            if name in weights:
+                reading.setdefault(f"{node.op_type}:w{slot}", set()).add(node.name)
+    return reading
+
+
+def _calibration() -> list[str]:
+    return [str(f) for cls in ("neutrophil", "lymphocyte", "eosinophil", "platelet") for f in pbc_files(cls, 4)]
+
+
+def test_auto_picks_conv_only_for_attention_graphs_and_all_for_plain_cnns(tmp_path):
+    assert resolve_int8_ops("auto", _export("multiscale_cross_attention", tmp_path / "msca.onnx")) == "conv"
+    assert resolve_int8_ops("auto", _export("regnetx_002", tmp_path / "regnet.onnx")) == "all"
+    assert resolve_int8_ops("all", tmp_path / "msca.onnx") == "all"
+    with pytest.raises(ValueError, match="unknown int8 operator set 'fp8'"):
+        resolve_int8_ops("fp8", tmp_path / "msca.onnx")
+
+
+def test_conv_set_keeps_attention_in_fp32_and_stays_close_to_it(tmp_path):
+    import onnxruntime as ort
+
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+    fp32 = _export("multiscale_cross_attention", tmp_path / "msca.onnx")
+    calibration = _calibration()
+    for ops in ("all", "conv"):
+        quantize_int8(fp32, tmp_path / f"msca_{ops}.onnx", calibration, PREP, ops)
+    everything, convs = _reading_int8(tmp_path / "msca_all.onnx"), _reading_int8(tmp_path / "msca_conv.onnx")
+    attention_ops = {"MatMul", "Softmax", "LayerNormalization"}
+    assert {"MatMul", "Softmax"} <= set(everything)  # the full set reaches into the attention
+    assert not attention_ops & set(convs), sorted(attention_ops & set(convs))  # the conv set keeps it fp32
+    n_convs = sum(node.op_type == "Conv" for node in onnx.load(str(fp32)).graph.node)
+    assert len(convs["Conv:w1"]) == n_convs  # every convolution still takes int8 weights
+    held_out = [f.read_bytes() for cls in ("neutrophil", "monocyte") for f in pbc_files(cls, 4, offset=20)]
+    batch, _ = CropPipeline(PipelineSpec.from_preprocessing(PREP, batch_size=8)).decode_to_numpy(held_out)
+
+    def logits(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+
+    reference = logits(fp32)
+    scale = np.abs(reference).max()
+    assert np.abs(logits(tmp_path / "msca_conv.onnx") - reference).max() < 0.1 * scale

@@ -3,9 +3,10 @@
 int8 uses ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on real training
 crops decoded by the engine's pipeline; dynamic int8 is avoided (measured 6-8 img/s here vs 130+
 for static). Which operators get quantised is a named set (``INT8_OP_SETS``): attention models keep
-their softmax, attention MatMuls, LayerNorm and elementwise ops in fp32, because quantising those cost
-CoAtNet-0 0.31 points of validation macro-F1 against 0.05 for its convolutions alone. Both models are scored on the run's validation split through the engine's own
-preprocessing, and the numbers go into their cards.
+their softmax, attention MatMuls, LayerNorm and elementwise ops in fp32, because quantising those
+cost CoAtNet-0 0.31 points of validation macro-F1 against 0.05 for its convolutions alone. Both
+models are scored on the run's validation split through the engine's own preprocessing, and the
+numbers go into their cards.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class ExportConfig:
     evaluate: bool = True
     opset: int = 17
     name: str | None = None
-    int8_ops: str = "auto"  # a key of INT8_OP_SETS
+    int8_ops: str = "auto"  # "auto" or a key of INT8_OP_SETS
+
+    def __post_init__(self) -> None:
+        check_int8_ops(self.int8_ops)  # before the fp32 export, not after it
 
 
 # Operator sets for int8; None means every operator ONNX Runtime can quantise.
@@ -44,11 +48,15 @@ INT8_OP_SETS: dict[str, tuple[str, ...] | None] = {
 _ATTENTION_OPS = frozenset({"Softmax", "LayerNormalization"})
 
 
+def check_int8_ops(choice: str) -> None:
+    if choice != "auto" and choice not in INT8_OP_SETS:
+        raise ValueError(f"unknown int8 operator set {choice!r}; choose auto or one of {sorted(INT8_OP_SETS)}")
+
+
 def resolve_int8_ops(choice: str, fp32_path: Path) -> str:
     """"auto" -> "conv" for graphs with softmax/LayerNorm (transformers, EMA), else "all"."""
+    check_int8_ops(choice)
     if choice != "auto":
-        if choice not in INT8_OP_SETS:
-            raise ValueError(f"unknown int8 operator set {choice!r}; choose auto or one of {sorted(INT8_OP_SETS)}")
         return choice
     import onnx
 
@@ -188,8 +196,9 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     log(f"wrote {cfg.out}")
     split = _split_files(state, cfg.checkpoint)
     classes = list(state["classes"])
-    int8_ops = resolve_int8_ops(cfg.int8_ops, cfg.out)
+    int8_training: dict = {}  # what the int8 card adds under "training"
     if cfg.int8:
+        int8_ops = resolve_int8_ops(cfg.int8_ops, cfg.out)
         int8 = cfg.out.with_name(cfg.out.stem + "_int8.onnx")
         train_files = split["train"]
         calib = _stratified_sample(train_files, _labels_for(train_files, classes), cfg.calibration_images)
@@ -198,13 +207,13 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
         log(f"wrote {int8} ({int8_ops} operators, calibrated on {len(calib)} training crops "
             f"in {time.perf_counter() - t0:.0f}s)")
         outputs["int8"] = int8
+        int8_training = {"calibration_images": cfg.calibration_images,
+                         "int8_ops": {"set": int8_ops, "op_types": list(INT8_OP_SETS[int8_ops] or ["all"])}}
     val_files = split["val"]
     val_labels = _labels_for(val_files, classes)
     scored: dict[str, dict] = {}
     for precision, path in outputs.items():
-        quantised = {"calibration_images": cfg.calibration_images,
-                     "int8_ops": {"set": int8_ops, "op_types": list(INT8_OP_SETS[int8_ops] or ["all"])}}
-        extra: dict = {"training": quantised if precision == "int8" else {}}
+        extra: dict = {"training": int8_training if precision == "int8" else {}}
         card = _card(state, path, precision, f"{name}" + ("-int8" if precision == "int8" else ""), prep, extra)
         write_card(card, path)  # provisional card: the backend refuses a model without one
         if cfg.evaluate:

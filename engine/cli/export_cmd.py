@@ -25,14 +25,13 @@ def export(
     if not checkpoint.is_file():
         typer.echo(f"error: {checkpoint}: checkpoint not found", err=True)
         raise typer.Exit(2)
-    from bmengine.training.export import INT8_OP_SETS
-
-    if int8_ops != "auto" and int8_ops not in INT8_OP_SETS:
-        typer.echo(f"error: --int8-ops {int8_ops!r}: choose auto, {', '.join(sorted(INT8_OP_SETS))}", err=True)
+    try:
+        cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
+                           name=name, int8_ops=int8_ops)
+    except ValueError as err:
+        typer.echo(f"error: --int8-ops: {err}", err=True)
         raise typer.Exit(2)
-    paths = run_export(ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images,
-                                    evaluate=evaluate, name=name, int8_ops=int8_ops),
-                       log=lambda m: typer.echo(m, err=True))
+    paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
     for precision, path in paths.items():
         typer.echo(f"{precision}: {path}")
 

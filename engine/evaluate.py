@@ -37,7 +37,7 @@ def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, 
                    **kwargs) -> dict:
     """Classification report over the files that decoded (the others are counted in ``n_failed``);
     with ``out_dir``, also the confusion matrix (CSV + PNG) and precision-recall curves (PNG)."""
-    from bmengine.training.metrics import classification_report
+    from bmengine.engine.metrics import classification_report
 
     probs, errors = predict_files(backend, files, **kwargs)
     ok = ~np.isnan(probs).any(axis=1)

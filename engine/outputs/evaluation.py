@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bmengine.engine.outputs.atomic import atomic_path, atomic_write_bytes
-from bmengine.training.metrics import confusion_matrix, precision_recall_curve
+from bmengine.engine.metrics import confusion_matrix, precision_recall_curve
 
 
 def _figure(width: float, height: float):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -226,10 +227,18 @@ def test_row_provenance_is_kept_and_version_defaults(tmp_path):
     assert table.loc[0, "bmengine_version"] == __version__
 
 
-def test_failed_write_leaves_previous_file_and_no_partial(tmp_path, monkeypatch):
-    rows = [summarize_slide("s", make_cells(PBC, 30), PBC)]
-    _, parquet_path = write_differential(rows, tmp_path)
-    before = parquet_path.read_bytes()
+def _written_pair(out_dir) -> tuple[bytes, bytes]:
+    return (out_dir / "differential.csv").read_bytes(), (out_dir / "differential.parquet").read_bytes()
+
+
+def _leftovers(out_dir) -> list:
+    return sorted(p.name for p in out_dir.iterdir() if p.suffix in (".partial", ".previous"))
+
+
+def test_failed_parquet_write_leaves_both_previous_files(tmp_path, monkeypatch):
+    """The CSV must not move to the new table while the parquet stays on the old one."""
+    write_differential([summarize_slide("s", make_cells(PBC, 30), PBC)], tmp_path)
+    before = _written_pair(tmp_path)
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
@@ -237,5 +246,39 @@ def test_failed_write_leaves_previous_file_and_no_partial(tmp_path, monkeypatch)
     monkeypatch.setattr(differential.pq, "write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         write_differential([summarize_slide("t", make_cells(PBC, 30, seed=3), PBC)], tmp_path)
-    assert parquet_path.read_bytes() == before
-    assert not list(tmp_path.glob("*.partial"))
+    assert _written_pair(tmp_path) == before
+    assert pd.read_csv(tmp_path / "differential.csv")["slide_id"].tolist() == ["s"]
+    assert not _leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("failing", ["differential.csv", "differential.parquet"])
+def test_a_failed_rename_puts_both_files_back(tmp_path, monkeypatch, failing):
+    """Two files, two renames: if either rename fails, the one already done is undone."""
+    write_differential([summarize_slide("s", make_cells(PBC, 30), PBC)], tmp_path)
+    before = _written_pair(tmp_path)
+    real_replace = differential.os.replace
+
+    def replace(src, dst):
+        if str(src).endswith(".partial") and Path(dst).name == failing:
+            raise OSError("rename refused")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(differential.os, "replace", replace)
+    with pytest.raises(OSError, match="rename refused"):
+        write_differential([summarize_slide("t", make_cells(PBC, 30, seed=3), PBC)], tmp_path)
+    assert _written_pair(tmp_path) == before
+    assert not _leftovers(tmp_path)
+
+
+def test_a_failed_first_write_leaves_no_files(tmp_path, monkeypatch):
+    real_replace = differential.os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "differential.parquet":
+            raise OSError("rename refused")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(differential.os, "replace", replace)
+    with pytest.raises(OSError, match="rename refused"):
+        write_differential([summarize_slide("t", make_cells(PBC, 30), PBC)], tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bmengine.engine import __version__
-from bmengine.engine.outputs.atomic import atomic_path
 from bmengine.engine.outputs.stats import clopper_pearson, per_base_interval
 from bmengine.engine.taxonomy import DerivedFigure, Taxonomy
 
@@ -213,22 +214,72 @@ def _with_provenance(table: pd.DataFrame, metadata: dict) -> pd.DataFrame:
     return table
 
 
+def _write_parquet(table: pd.DataFrame, metadata: dict, path: Path) -> None:
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    schema_metadata = {**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(metadata, default=str).encode()}
+    pq.write_table(arrow.replace_schema_metadata(schema_metadata), path)
+
+
+def _keep_previous(target: Path) -> Path | None:
+    """A ``.previous`` hard link to ``target`` (a copy where links are not supported), or None."""
+    if not target.exists():
+        return None
+    backup = target.with_name(target.name + ".previous")
+    backup.unlink(missing_ok=True)
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each ``(partial, target)`` pair, all or none: when a rename fails, the targets already
+    replaced get their previous content back (or are removed where there was none)."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for partial, target in moves:
+            done.append((target, _keep_previous(target)))
+            os.replace(partial, target)
+    except BaseException:
+        for target, backup in reversed(done):
+            if backup is None:
+                target.unlink(missing_ok=True)
+            else:
+                os.replace(backup, target)
+        raise
+    finally:
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+
+
 def write_differential(rows: list[dict], out_dir: Path, metadata: dict | None = None) -> tuple[Path, Path]:
-    """Write ``differential.csv`` and ``differential.parquet`` atomically; same values in both.
+    """Write ``differential.csv`` and ``differential.parquet``, the same table in both.
+
+    The two files stay a pair: when this returns both hold the new table; when it raises, both hold
+    what they held before (or neither exists, as before). Both are first written in full to
+    ``.partial`` files, so a failure while writing (disk full, a value pyarrow refuses) replaces
+    nothing; then two renames, and if the second fails the first is undone. Only a hard kill
+    between the two renames can leave them from different runs; every row names the model sha256
+    and bmengine version that produced it, and re-running `bmengine run` (it resumes) rewrites both.
 
     ``metadata`` (model sha256, bmengine version...) goes into the parquet schema metadata under
     ``b"bmengine"`` as JSON, and its sha256/version become columns of every row.
     """
     metadata = dict(metadata or {})
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     table = _with_provenance(differential_table(rows), metadata)
     csv_path, parquet_path = out_dir / CSV_NAME, out_dir / PARQUET_NAME
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    schema_metadata = {**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(metadata, default=str).encode()}
-    with atomic_path(parquet_path) as tmp:
-        pq.write_table(arrow.replace_schema_metadata(schema_metadata), tmp)
+    csv_partial, parquet_partial = (p.with_name(p.name + ".partial") for p in (csv_path, parquet_path))
+    try:
+        table.to_csv(csv_partial, index=False)
+        _write_parquet(table, metadata, parquet_partial)
+        _replace_together([(csv_partial, csv_path), (parquet_partial, parquet_path)])
+    finally:
+        csv_partial.unlink(missing_ok=True)
+        parquet_partial.unlink(missing_ok=True)
     return csv_path, parquet_path
 
 

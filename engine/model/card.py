@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 CARD_FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "int8", "fp16")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ModelCardError(ValueError):
@@ -28,6 +32,38 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on 0..1 RGB
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     hue_range: tuple[float, float] | None = None  # Wang et al. hue mapping, degrees; None = off
+
+    def validate(self, source: str = "<card>") -> None:
+        """Refuse values no crop can be prepared with (they would fail deep in DALI, or silently
+        produce garbage, e.g. a mean in 0..255 units or a zero std)."""
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise _bad(source, f"preprocessing.{name}", "a positive whole number of pixels", value)
+        if self.crop > self.resize:
+            raise ModelCardError(f"{source}: preprocessing.crop {self.crop} is larger than preprocessing.resize "
+                                 f"{self.resize} (the crop is cut out of the resized image)")
+        if not _numbers(self.mean, 3) or not all(0 <= m <= 1 for m in self.mean):
+            raise _bad(source, "preprocessing.mean", "3 numbers in 0..1 (RGB scaled to 0..1)", self.mean)
+        if not _numbers(self.std, 3) or not all(0 < v <= 1 for v in self.std):
+            raise _bad(source, "preprocessing.std", "3 numbers above 0 and at most 1 (RGB scaled to 0..1)", self.std)
+        hue = self.hue_range
+        if hue is not None and not (_numbers(hue, 2) and 0 <= hue[0] < hue[1] <= 360):
+            raise _bad(source, "preprocessing.hue_range", "null or [min, max] degrees with 0 <= min < max <= 360", hue)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(values: Any, n: int) -> bool:
+    """``n`` finite real numbers (a bool is not a number here, though Python says it is an int)."""
+    return (isinstance(values, (list, tuple)) and len(values) == n
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
+def _bad(source: str, name: str, expected: str, value: Any) -> "ModelCardError":
+    return ModelCardError(f"{source}: {name} must be {expected}, not {json.dumps(value, default=str)}")
 
 
 @dataclass
@@ -50,24 +86,55 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<card>") -> "ModelCard":
+        """A checked card: every field present, of the right kind and usable (see :meth:`validate`)."""
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{source}: a model card is a JSON object, not {type(data).__name__}")
         required = ("name", "classes", "taxonomy", "architecture", "preprocessing", "weights_file", "weights_sha256")
         if missing := [k for k in required if k not in data]:
             raise ModelCardError(f"{source}: model card lacks {', '.join(missing)}")
-        if data.get("format_version", 1) > CARD_FORMAT_VERSION:
-            raise ModelCardError(f"{source}: card format {data['format_version']} is newer than this bmengine reads")
-        prep = dict(data["preprocessing"])
-        try:
-            preprocessing = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
-        except TypeError as exc:
-            raise ModelCardError(f"{source}: bad preprocessing record: {exc}") from None
-        fields = {k: v for k, v in data.items() if k != "preprocessing"}
-        try:
-            card = cls(preprocessing=preprocessing, **fields)
-        except TypeError as exc:
-            raise ModelCardError(f"{source}: unexpected field in model card: {exc}") from None
-        if not card.classes or len(set(card.classes)) != len(card.classes):
-            raise ModelCardError(f"{source}: class list is empty or has duplicates")
+        version = data.get("format_version", CARD_FORMAT_VERSION)
+        if not _is_int(version) or version < 1:
+            raise _bad(source, "format_version", "a whole number from 1", version)
+        if version > CARD_FORMAT_VERSION:
+            raise ModelCardError(f"{source}: card format {version} is newer than this bmengine reads")
+        if unexpected := sorted(set(data) - {f.name for f in fields(cls)}):
+            raise ModelCardError(f"{source}: unexpected field in model card: {', '.join(unexpected)}")
+        card = cls(preprocessing=_preprocessing(data["preprocessing"], source),
+                   **{k: v for k, v in data.items() if k != "preprocessing"})
+        card.validate(source)
         return card
+
+    def validate(self, source: str = "<card>") -> None:
+        """Refuse a card that cannot be right, naming the field, before any model file is opened."""
+        for name in ("name", "taxonomy", "weights_file"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise _bad(source, name, "a non-empty string", getattr(self, name))
+        classes = self.classes
+        if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+            raise _bad(source, "classes", "a non-empty list of class names (strings)", classes)
+        if duplicates := sorted({c for c in classes if classes.count(c) > 1}):
+            raise ModelCardError(f"{source}: classes lists {', '.join(duplicates)} more than once")
+        if not isinstance(self.weights_sha256, str) or not _SHA256.fullmatch(self.weights_sha256):
+            raise _bad(source, "weights_sha256", "64 lowercase hex digits", self.weights_sha256)
+        if self.precision not in PRECISIONS:
+            raise _bad(source, "precision", " or ".join(PRECISIONS), self.precision)
+        for name in ("architecture", "training", "metrics", "created_by"):
+            if not isinstance(getattr(self, name), dict):
+                raise _bad(source, name, "a JSON object", getattr(self, name))
+        self.preprocessing.validate(source)
+
+
+def _preprocessing(record: Any, source: str) -> Preprocessing:
+    """The card's preprocessing record; lists become tuples; unknown or missing keys are refused
+    (a default size or normalisation would run the model on crops it was never trained on)."""
+    if not isinstance(record, dict):
+        raise _bad(source, "preprocessing", "a JSON object", record)
+    known = {f.name for f in fields(Preprocessing)}
+    if unknown := sorted(set(record) - known):
+        raise ModelCardError(f"{source}: bad preprocessing record: unknown key {', '.join(unknown)}")
+    if missing := [k for k in ("resize", "crop", "mean", "std") if k not in record]:  # no silent defaults
+        raise ModelCardError(f"{source}: bad preprocessing record: lacks {', '.join(missing)}")
+    return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
 
 
 def card_path_for(model_path: Path) -> Path:

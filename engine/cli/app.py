@@ -24,8 +24,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[gpu]" and "[train]" literally
 )
-
 
 
 @app.callback()

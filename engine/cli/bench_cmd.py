@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from bmengine.engine.assets import SAMPLE_SLIDES
+from bmengine.engine.cli.console import esc
 from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
 
 
@@ -27,17 +28,17 @@ def bench(
     from bmengine.engine.bench import bench as run_bench
 
     result = run_bench(slides_dir, model, batch_size=batch_size, threads=threads, repeats=repeats)
-    table = Table("stage", "crops", "median crops/s", title=f"{result['machine']['cpu']} ({result['machine']['cores']} cores)")
+    table = Table("stage", "crops", "median crops/s", title=esc(f"{result['machine']['cpu']} ({result['machine']['cores']} cores)"))
     for row in result["stages"]:
-        table.add_row(row["stage"], str(row["items"]), f"{row['median_per_second']:.0f}")
+        table.add_row(esc(row["stage"]), str(row["items"]), f"{row['median_per_second']:.0f}")
     console = Console()
     console.print(table)
     for name, value in result["ratios"].items():
-        console.print(f"{name}: {value:.2f}")
+        console.print(f"{esc(name)}: {value:.2f}")
     if record:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"record: {record}")
+        console.print(f"record: {esc(record)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,13 @@ ModelOption = Annotated[
     typer.Option("--model", "-m", help="Model file (.onnx, .plan, .pt) with its .card.json beside it. "
                  "Default: the shipped PBC model."),
 ]
-ThreadsOption = Annotated[int, typer.Option("--threads", help="CPU threads for decoding and inference.")]
-BatchOption = Annotated[int, typer.Option("--batch-size", help="Crops per batch.")]
+ThreadsOption = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for decoding and inference.")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Crops per batch.")]
+MaxCropBytesOption = Annotated[int, typer.Option(
+    "--max-crop-bytes", min=1, help="Refuse (and name) any crop file larger than this many bytes.")]
+MaxCropPixelsOption = Annotated[int, typer.Option(
+    "--max-crop-pixels", min=1, help="Refuse (and name) any crop whose header declares more pixels than this; "
+    "checked before decoding, so a decompression bomb never reaches the decoder.")]
 DEFAULT_MODEL_PATH = DEFAULT_MODEL
 
 # Training budget options, shared by `train` and `ablate`.

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
+from bmengine.engine.cli.console import LOG_NAME, esc, route_noise_to_log, writable_dir_problem
+from bmengine.engine.cli.options import (
+    DEFAULT_MODEL_PATH,
+    BatchOption,
+    MaxCropBytesOption,
+    MaxCropPixelsOption,
+    ModelOption,
+    ThreadsOption,
+)
+from bmengine.engine.store.limits import DEFAULT_MAX_CROP_BYTES, DEFAULT_MAX_CROP_PIXELS
+
+EXIT_USAGE = 2
 
 
 class _RichProgress:
@@ -20,16 +32,32 @@ class _RichProgress:
         self.task = self.progress.add_task(f"{n_slides} slides", total=n_crops)
 
     def slide_started(self, slide_id, n_crops):
-        self.progress.update(self.task, description=f"{slide_id} ({n_crops} crops)")
+        self.progress.update(self.task, description=f"{esc(slide_id)} ({n_crops} crops)")
 
     def crops_done(self, n):
         self.progress.advance(self.task, n)
 
+    def warning(self, text):
+        self.console.print(f"[yellow]warning:[/] {esc(text)}")
+
     def slide_finished(self, status):
         style = {"ok": "green", "skipped": "cyan", "failed": "red"}[status.status]
-        extra = f" — {status.error}" if status.error else (f", {status.n_errors} unreadable crops" if status.n_errors else "")
+        if status.error:
+            extra = f" — {esc(status.error)}"
+        elif status.n_errors:
+            extra = f", {status.n_errors} unreadable crops"
+        else:
+            extra = ""
         word = "already done, skipped" if status.status == "skipped" else status.status
-        self.console.print(f"[{style}]{status.slide_id}[/]: {word} ({status.n_crops} crops, {status.seconds:.1f}s){extra}")
+        if status.status == "ok" and status.redo_reason:
+            word += f" (redone: {esc(status.redo_reason)})"
+        self.console.print(f"[{style}]{esc(status.slide_id)}[/]: {word} "
+                           f"({status.n_crops} crops, {status.seconds:.1f}s){extra}")
+        for example in status.error_examples:
+            self.console.print(f"    {esc(example)}")
+        if status.n_errors > len(status.error_examples):
+            self.console.print(f"    … and {status.n_errors - len(status.error_examples)} more "
+                               "(all in cells.parquet, column error)")
 
 
 def run(
@@ -39,38 +67,75 @@ def run(
     batch_size: BatchOption = 64,
     threads: ThreadsOption = 2,
     scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address; default: a local cluster.")] = None,
-    device_id: Annotated[int, typer.Option(help="GPU to use for .plan models.")] = 0,
+    device_id: Annotated[int, typer.Option(min=0, help="GPU to use for .plan models.")] = 0,
+    max_crop_bytes: MaxCropBytesOption = DEFAULT_MAX_CROP_BYTES,
+    max_crop_pixels: MaxCropPixelsOption = DEFAULT_MAX_CROP_PIXELS,
 ) -> None:
     """Classify every cell of every slide; write cells tables, differentials, plots, report, run.json.
 
-    Exit status: 0 all well; 1 a slide failed; 2 nothing ran (bad model or folder); 3 some crops
-    could not be decoded (recorded as error rows).
+    Exit status: 0 all well; 1 a slide failed; 2 nothing ran (bad option, model, folder or output
+    folder); 3 some crops could not be used (recorded as error rows, the first few named here).
+    Messages of DALI and Dask go to OUT/bmengine.log, not to the console.
     """
     from rich.console import Console
+
+    from bmengine.engine.store.limits import InputLimits
+
+    console = Console(stderr=True)
+    if (problem := _input_problem(slides_dir, model) or writable_dir_problem(out)) is not None:
+        console.print(f"[red]error:[/] {esc(problem)}")
+        raise typer.Exit(EXIT_USAGE)
+    console = Console(file=route_noise_to_log(out / LOG_NAME), highlight=False)
+    limits = InputLimits(max_crop_bytes=max_crop_bytes, max_crop_pixels=max_crop_pixels)
+    try:
+        result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, console)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # an engine bug: say so plainly, keep the traceback in the log
+        traceback.print_exc()  # fd 2 is the log now
+        console.print(f"[red]error:[/] unexpected {type(exc).__name__}: {esc(exc)} (traceback in {esc(out / LOG_NAME)})")
+        raise typer.Exit(1) from None
+    raise typer.Exit(result.exit_code)
+
+
+def _input_problem(slides_dir: Path, model: Path) -> str | None:
+    """Check the model bundle and the slide folder before anything is created (OUT included)."""
+    from bmengine.engine.model.card import ModelCardError, load_card
+    from bmengine.engine.store import SlideStoreError, find_slide_stores
+
+    try:
+        load_card(model)
+        find_slide_stores(slides_dir)
+    except (ModelCardError, SlideStoreError) as exc:
+        return str(exc)
+    return None
+
+
+def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from bmengine.engine.model.card import ModelCardError
     from bmengine.engine.pipeline.run import RunConfig, run_engine
     from bmengine.engine.store import SlideStoreError
 
-    console = Console(stderr=True)
     cfg = RunConfig(slides_dir=slides_dir, model=model, out_dir=out, batch_size=batch_size, threads=threads,
-                    scheduler=scheduler, device_id=device_id)
+                    scheduler=scheduler, device_id=device_id, limits=limits)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"),
                TimeRemainingColumn())
     try:
         with Progress(*columns, console=console, transient=False) as bars:
             result = run_engine(cfg, _RichProgress(bars, console))
     except (ModelCardError, SlideStoreError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        console.print(f"[red]error:[/] {esc(exc)}")
+        raise typer.Exit(EXIT_USAGE) from None
     ok = sum(s.status != "failed" for s in result.statuses)
     rate = f"{result.crops_per_second:.0f} crops/s" if result.crops_per_second else "nothing left to classify"
     console.print(f"{ok}/{len(result.statuses)} slides done ({rate})")
     if result.report:
-        console.print(f"report: {result.report}")
-    console.print(f"differential: {out / 'differential.csv'}\nrun record: {result.run_record}")
-    raise typer.Exit(result.exit_code)
+        console.print(f"report: {esc(result.report)}")
+    console.print(f"differential: {esc(out / 'differential.csv')}\nrun record: {esc(result.run_record)}")
+    console.print(f"log (DALI, Dask): {esc(out / LOG_NAME)}")
+    return result
 
 
 def register(app: typer.Typer) -> None:

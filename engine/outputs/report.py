@@ -108,6 +108,7 @@ def _header(run_info: dict, taxonomy: Taxonomy, statuses: list[dict]) -> str:
         ("Throughput", f"{fmt_pct(run_info.get('crops_per_second'))} crops/s"),
         ("Slides", f"{tally['ok']} classified, {tally['skipped']} already done, {tally['failed']} failed"),
     ]
+    rows += [("Warning", _e(text)) for text in run_info.get("warnings") or []]
     body = "".join(f"<tr><td>{k}</td><td class='text'>{v}</td></tr>" for k, v in rows)
     made = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return (f"<h1>bmengine differential report</h1><p class='note'>Report written {_e(made)}.</p>"
@@ -122,13 +123,16 @@ def _figure_value(figure, value: object) -> str:
     return f"{_num(value):.2f}" if figure.kind == "ratio" and math.isfinite(_num(value)) else fmt_pct(value)
 
 
-def _summary(order: list[str], rows: dict[str, dict], statuses: dict[str, dict], taxonomy: Taxonomy) -> str:
+def _summary(entries: list[tuple[str, dict]], rows: dict[str, dict], taxonomy: Taxonomy) -> str:
+    """One line per store in run order; a failed store shows no counts, even if its slide id has some
+    (two stores with one id: the first ran, the second failed, and each row says so)."""
     header = ["Slide", "Patient", "Status", "Crops", "Counted", "Errors", "QC-flagged", "Seconds"]
     header += [_e(f.name) for f in taxonomy.derived]
     body = []
-    for i, slide_id in enumerate(order):
-        row, status = rows.get(slide_id, {}), statuses.get(slide_id, {})
-        link = f'<a href="#slide-{i}">{_e(slide_id)}</a>' if slide_id in rows else _e(slide_id)
+    anchors = {sid: i for i, sid in enumerate(rows)}
+    for slide_id, status in entries:
+        row = rows.get(slide_id, {}) if status.get("status") != "failed" else {}
+        link = f'<a href="#slide-{anchors[slide_id]}">{_e(slide_id)}</a>' if row else _e(slide_id)
         cells = [link, _e(row.get("patient_id") or DASH), _status(status.get("status", "ok")),
                  _e(row.get("n_crops", status.get("n_crops", DASH))), _e(row.get("n_cells", DASH)),
                  _e(row.get("n_errors", status.get("n_errors", DASH))), _e(row.get("n_flagged", DASH)),
@@ -211,21 +215,25 @@ def _failures(statuses: list[dict]) -> str:
     return f"<h2>Failed slides</h2><ul>{items}</ul>"
 
 
-def _slide_order(rows: list[dict], statuses: list[dict]) -> list[str]:
-    order = [str(s["slide_id"]) for s in statuses]
-    return order + [str(r["slide_id"]) for r in rows if str(r["slide_id"]) not in order]
+def _entries(rows: list[dict], statuses: list[dict]) -> list[tuple[str, dict]]:
+    """(slide id, status) per store in run order, then rows that have no status (a report rebuilt from rows)."""
+    entries = [(str(s["slide_id"]), s) for s in statuses]
+    listed = {sid for sid, _ in entries}
+    return entries + [(str(r["slide_id"]), {}) for r in rows if str(r["slide_id"]) not in listed]
 
 
 def render_report(run_info: dict, rows: list[dict], statuses: list[dict], taxonomy: Taxonomy,
                   truth: dict[str, dict[str, float]] | None = None) -> str:
     """The report's HTML text (see :func:`write_report`)."""
     by_row = {str(r["slide_id"]): r for r in rows}
-    by_status = {str(s["slide_id"]): s for s in statuses}
-    order = _slide_order(rows, statuses)
-    sections = [_slide_section(i, sid, by_row[sid], by_status.get(sid, {}), taxonomy, truth)
-                for i, sid in enumerate(order) if sid in by_row]
+    entries = _entries(rows, statuses)
+    ran = {}  # slide id -> the status of the store whose row it is (not a failed namesake)
+    for sid, status in entries:
+        if status.get("status") != "failed":
+            ran.setdefault(sid, status)
+    sections = [_slide_section(i, sid, row, ran.get(sid, {}), taxonomy, truth) for i, (sid, row) in enumerate(by_row.items())]
     title = f"bmengine report {DASH} {(run_info.get('model') or {}).get('name', '')}"
-    body = (_header(run_info, taxonomy, statuses) + _summary(order, by_row, by_status, taxonomy)
+    body = (_header(run_info, taxonomy, statuses) + _summary(entries, by_row, taxonomy)
             + _failures(statuses) + "".join(sections))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,7 +13,9 @@ from bmengine.engine.backends.base import Backend
 from bmengine.engine.pipeline.reader import CropBatch, DaskCropReader
 from bmengine.engine.pipeline.stages import run_ahead
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline
-from bmengine.engine.qc import garbled_flags
+from bmengine.engine.qc import quality_flags
+from bmengine.engine.store.limits import InputLimits
+from bmengine.engine.store.slide_store import StoreDamagedError
 
 
 @dataclass
@@ -22,6 +25,32 @@ class SlideResult:
     qc_flags: list[str] = field(default_factory=list)
 
 
+class _WholeStoreDigest:
+    """Stores written before per-crop checksums carry one sha256 over all crop bytes: hash the crops
+    as they stream past, in order, and refuse the slide at its end if the store changed on disk."""
+
+    def __init__(self, store):
+        self.store, self.expected = store, store.attrs.get("crops_sha256")
+        self.digest, self.next_cell = hashlib.sha256(), 0
+
+    def update(self, batch: CropBatch) -> None:
+        if self.expected is None:
+            return
+        if batch.start != self.next_cell:
+            raise RuntimeError(f"batches out of order: expected cell {self.next_cell}, got {batch.start}")
+        for crop in batch.crops:
+            if crop is None:  # not read (above the size cap): the digest cannot be checked for this store
+                self.expected = None
+                return
+            self.digest.update(crop)
+        self.next_cell = batch.stop
+
+    def check(self) -> None:
+        if self.expected is not None and self.digest.hexdigest() != self.expected:
+            raise StoreDamagedError(f"{self.store.path}: store damaged: crop bytes differ from the crops_sha256 "
+                                    "written at ingest; re-ingest this slide")
+
+
 def classify_slide(
     store,
     reader: DaskCropReader,
@@ -29,29 +58,39 @@ def classify_slide(
     backend: Backend,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
+    limits: InputLimits | None = None,
 ) -> SlideResult:
+    """Every crop of ``store`` -> probabilities, or an error naming why that crop has none."""
     n, n_classes = store.n_cells, len(backend.card.classes)
     probs = np.full((n, n_classes), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * n
+    qc_flags = [""] * n
+    whole_store = None if store.has_crop_checksums else _WholeStoreDigest(store)
 
     def decode(batch: CropBatch):
-        decoded = pipeline.decode(batch.crops)
+        readable = [i for i, crop in enumerate(batch.crops) if crop is not None]
+        decoded = pipeline.decode([batch.crops[i] for i in readable])
         if decoded.good:
             decoded = decoded._replace(pixels=backend.stage(decoded.pixels))
-        return batch, decoded
+        return batch, readable, decoded
 
-    qc_flags = [""] * n
-    batches = reader.iter_batches(store.path, n, batch_size)
-    for batch, decoded in run_ahead(batches, decode, depth=2):
-        errors[batch.start : batch.stop] = decoded.errors
+    batches = reader.iter_batches(store.path, n, batch_size, limits=limits)
+    for batch, readable, decoded in run_ahead(batches, decode, depth=2):
+        if whole_store is not None:
+            whole_store.update(batch)
+        errors[batch.start : batch.stop] = batch.errors
+        for i, error in zip(readable, decoded.errors):
+            errors[batch.start + i] = error
         if decoded.good:
-            rows = batch.start + np.asarray(decoded.good)
+            rows = batch.start + np.asarray(readable)[np.asarray(decoded.good)]
             probs[rows] = backend.infer(decoded.pixels)
             if decoded.qc is not None:
-                for row, flag in zip(rows, garbled_flags(decoded.qc)):
+                for row, flag in zip(rows, quality_flags(decoded.qc, decoded.shapes)):
                     qc_flags[row] = flag
         if on_batch:
             on_batch(batch.stop - batch.start)
+    if whole_store is not None:
+        whole_store.check()
     return SlideResult(probs, errors, qc_flags)
 
 

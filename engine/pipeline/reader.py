@@ -8,17 +8,22 @@ the engine decodes and infers. A bounded window of futures keeps memory flat on 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
+from bmengine.engine.store.limits import InputLimits
+
 
 @dataclass(frozen=True)
 class CropBatch:
+    """Crops ``[start, stop)``; ``crops[i]`` is None where ``errors[i]`` says why it must not be used."""
+
     start: int
     stop: int
-    crops: list[bytes]
+    crops: list[bytes | None]
+    errors: list[str | None] = field(default_factory=list)
 
 
 def batch_ranges(n_cells: int, batch_size: int) -> list[tuple[int, int]]:
@@ -32,9 +37,10 @@ def _open_store(path: str):
     return SlideStore.open(Path(path))
 
 
-def read_batch(store_path: str, start: int, stop: int) -> CropBatch:
-    """The Dask task: one contiguous read of crops [start, stop)."""
-    return CropBatch(start, stop, _open_store(store_path).read_crops(start, stop))
+def read_batch(store_path: str, start: int, stop: int, limits: InputLimits | None = None) -> CropBatch:
+    """The Dask task: crops [start, stop), checked against the size cap and their ingest checksums."""
+    crops, errors = _open_store(store_path).read_crops_checked(start, stop, limits)
+    return CropBatch(start, stop, crops, errors)
 
 
 class DaskCropReader:
@@ -53,13 +59,14 @@ class DaskCropReader:
             )
             self.client = Client(self.cluster)
 
-    def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0) -> Iterator[CropBatch]:
+    def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0,
+                     limits: InputLimits | None = None) -> Iterator[CropBatch]:
         """Yield batches in order, keeping ``prefetch`` reads in flight ahead of the consumer."""
         _open_store.cache_clear()  # a store re-ingested under the same path must be re-read
         ranges = [r for r in batch_ranges(n_cells, batch_size) if r[0] >= start_at]
         pending: deque = deque()
         for start, stop in ranges:
-            pending.append(self.client.submit(read_batch, str(store_path), start, stop, pure=False))
+            pending.append(self.client.submit(read_batch, str(store_path), start, stop, limits, pure=False))
             if len(pending) > self.prefetch:
                 yield pending.popleft().result(timeout=600)
         while pending:

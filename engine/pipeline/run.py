@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import sys
 import time
 import traceback
@@ -24,11 +23,13 @@ from bmengine.engine.outputs.atomic import atomic_path, atomic_write_text
 from bmengine.engine.pipeline import resume
 from bmengine.engine.pipeline.classify import cells_table, classify_slide
 from bmengine.engine.pipeline.reader import DaskCropReader
+from bmengine.engine.model.card import card_path_for
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+from bmengine.engine.store.limits import InputLimits
 
 EXIT_OK, EXIT_SLIDE_FAILED, EXIT_CROP_ERRORS = 0, 1, 3
-# Fault injection for the resume tests: SIGKILL this process once this many crops are classified.
-KILL_AFTER_CROPS_ENV = "BMENGINE_FAULT_KILL_AFTER_CROPS"
+ERROR_EXAMPLES = 3  # unreadable crops named per slide on the console; all of them are in cells.parquet
+DAMAGE_PREFIX = "store damaged"
 
 
 @dataclass
@@ -40,7 +41,14 @@ class RunConfig:
     threads: int = 2
     scheduler: str | None = None  # Dask scheduler address; None = a local cluster in this process
     device_id: int = 0
+    limits: InputLimits = field(default_factory=InputLimits)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 @dataclass
@@ -52,6 +60,8 @@ class SlideStatus:
     n_errors: int = 0
     seconds: float = 0.0
     error: str | None = None
+    error_examples: list[str] = field(default_factory=list)  # the first few unreadable crops: "source: why"
+    redo_reason: str | None = None  # why a slide with a marker from an earlier run was redone
 
 
 @dataclass
@@ -71,26 +81,7 @@ class Progress:
     def slide_started(self, slide_id: str, n_crops: int) -> None: ...
     def crops_done(self, n: int) -> None: ...
     def slide_finished(self, status: SlideStatus) -> None: ...
-
-
-class _KillAfter(Progress):
-    """Wraps the caller's progress; kills the process hard after N crops (as a crash would)."""
-
-    def __init__(self, inner: Progress, limit: int):
-        self.inner, self.limit, self.seen = inner, limit, 0
-        self.slides_found, self.slide_started = inner.slides_found, inner.slide_started
-        self.slide_finished = inner.slide_finished
-
-    def crops_done(self, n: int) -> None:
-        self.inner.crops_done(n)
-        self.seen += n
-        if self.seen >= self.limit:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _with_fault_injection(progress: Progress) -> Progress:
-    limit = os.environ.get(KILL_AFTER_CROPS_ENV)
-    return _KillAfter(progress, int(limit)) if limit else progress
+    def warning(self, text: str) -> None: ...
 
 
 def _utc_now() -> str:
@@ -101,7 +92,8 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for name in ("onnxruntime", "nvidia-dali-cuda130", "zarr", "dask", "distributed", "numpy", "tensorrt"):
+    for name in ("onnxruntime", "nvidia-dali-cuda130", "zarr", "dask", "distributed", "numpy", "tensorrt-cu13",
+                 "tensorrt"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -109,14 +101,20 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _error_examples(cells, limit: int = ERROR_EXAMPLES) -> list[str]:
+    failed = cells[cells["error"].notna()]
+    return [f"{source}: {error}" for source, error in zip(failed["source"][:limit], failed["error"][:limit])]
+
+
 def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, backend: Backend, taxonomy,
-                   progress: Progress, model_info: dict) -> tuple[dict, int]:
+                   progress: Progress, model_info: dict) -> tuple[dict, object]:
     from bmengine.engine.outputs.differential import summarize_slide
     from bmengine.engine.outputs.plots import plot_histogram
 
     resume.clear_slide(slide_dir)
     slide_dir.mkdir(parents=True, exist_ok=True)
-    result = classify_slide(store, reader, pipeline, backend, cfg.batch_size, on_batch=progress.crops_done)
+    result = classify_slide(store, reader, pipeline, backend, cfg.batch_size, on_batch=progress.crops_done,
+                            limits=cfg.limits)
     cells = cells_table(store, result, list(backend.card.classes))
     with atomic_path(slide_dir / "cells.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
@@ -126,7 +124,23 @@ def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, bac
     known = store.provenance.get("known_mixture_pct")
     plot_histogram(row, taxonomy, slide_dir / "histogram.png", title=f"{store.slide_id} ({row['n_cells']} cells)",
                    truth=known if isinstance(known, dict) else None)
-    return row, int(cells["error"].notna().sum())
+    return row, cells
+
+
+def _id_clash(slide_id: str, path: Path, seen: dict[str, Path], warnings: list[str]) -> str | None:
+    """Why this store cannot be run under its slide id (another store has it), else None.
+
+    The first store with an id runs; a later one fails, naming both. Ids that differ only in case
+    are a warning: their output folders collide on case-insensitive disks (macOS, Windows).
+    """
+    if slide_id in seen:
+        return f"slide id {slide_id!r} is also the id of {seen[slide_id]}, which ran under it; rename one store"
+    twin = next((other for other in seen if other.casefold() == slide_id.casefold()), None)
+    if twin is not None:
+        warnings.append(f"slide ids {twin!r} and {slide_id!r} differ only in case: their output folders collide "
+                        "on a case-insensitive disk; rename one store")
+    seen[slide_id] = path
+    return None
 
 
 def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
@@ -136,7 +150,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     from bmengine.engine.store import SlideStore, find_slide_stores
     from bmengine.engine.taxonomy import get_taxonomy
 
-    progress = _with_fault_injection(progress or Progress())
+    progress = progress or Progress()
     started, t0 = _utc_now(), time.perf_counter()
     stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
     backend = load_backend(cfg.model, BackendOptions(cfg.threads, cfg.device_id, cfg.batch_size))
@@ -147,7 +161,8 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     prep = card.preprocessing
     pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
                                          batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id,
-                                         qc_output=True))
+                                         qc_output=True), limits=cfg.limits)
+    card_sha256 = resume.card_digest(card_path_for(Path(cfg.model)))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
 
     opened: list[tuple[Path, object | None, str | None]] = []
@@ -160,25 +175,29 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
 
     statuses: list[SlideStatus] = []
     rows: list[dict] = []
+    warnings: list[str] = []
     seen: dict[str, Path] = {}
     crops_classified, classify_seconds = 0, 0.0
     with DaskCropReader(cfg.scheduler, threads=cfg.threads) as reader:
         for path, store, open_error in opened:
             slide_id = store.slide_id if store is not None else path.name.removesuffix(".zarr")
             status = SlideStatus(slide_id, str(path), "failed", error=open_error)
-            if store is not None and slide_id in seen:
-                status.error = f"slide id {slide_id!r} also used by {seen[slide_id]}; rename one store"
+            if store is not None:
+                n_warnings = len(warnings)
+                status.error = _id_clash(slide_id, path, seen, warnings)
+                for text in warnings[n_warnings:]:
+                    progress.warning(text)
             if status.error is not None:
                 statuses.append(status)
                 progress.slide_finished(status)
                 continue
-            seen[slide_id] = path
             slide_dir = cfg.out_dir / slide_id
             status.n_crops = store.n_cells
-            store_hash = store.content_hash()
-            done = resume.finished_record(slide_dir, card.weights_sha256, store_hash)
+            key = resume.resume_key(store.content_hash(), card.weights_sha256, card_sha256, cfg.limits)
+            done, status.redo_reason = resume.finished_record(slide_dir, key)
             if done is not None:
                 status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
+                status.error_examples = list(done.get("error_examples") or [])
                 rows.append(done["row"])
                 statuses.append(status)
                 progress.crops_done(store.n_cells)
@@ -187,22 +206,23 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
             progress.slide_started(slide_id, store.n_cells)
             t_slide = time.perf_counter()
             try:
-                row, n_errors = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
-                                               progress, model_info)
+                row, cells = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
+                                            progress, model_info)
             except Exception as exc:
                 status.error = f"{type(exc).__name__}: {exc}"
                 status.seconds = time.perf_counter() - t_slide
-                resume.write_record(slide_dir, {**asdict(status), "traceback": traceback.format_exc(),
-                                                "model_sha256": card.weights_sha256, "store_hash": store_hash})
+                resume.write_record(slide_dir, {**asdict(status), "traceback": traceback.format_exc()}, key)
             else:
-                status.status, status.n_errors = "ok", n_errors
+                errors = cells["error"].dropna().astype(str)
+                status.status, status.n_errors = "ok", int(len(errors))
+                status.error_examples = _error_examples(cells)
                 status.seconds = time.perf_counter() - t_slide
                 crops_classified += store.n_cells
                 classify_seconds += status.seconds
                 rows.append(row)
                 resume.write_record(slide_dir, {**asdict(status), "model_sha256": card.weights_sha256,
-                                                "store_hash": store_hash, "bmengine_version": __version__,
-                                                "row": row})
+                                                "bmengine_version": __version__, "row": row,
+                                                "n_damaged": int(errors.str.startswith(DAMAGE_PREFIX).sum())}, key)
             statuses.append(status)
             progress.slide_finished(status)
     backend.close()
@@ -225,6 +245,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
         "crops_per_second": round(rate, 1),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(), "versions": _versions()},
+        "warnings": warnings,
         "slides": [asdict(s) for s in statuses],
     }
     truth = {store.slide_id: store.provenance["known_mixture_pct"] for _, store, _ in opened

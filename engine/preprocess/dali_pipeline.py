@@ -13,6 +13,8 @@ from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from bmengine.engine.store.limits import InputLimits
+
 Device = Literal["cpu", "gpu"]
 
 
@@ -80,17 +82,20 @@ class Decoded(NamedTuple):
     good: list[int]
     errors: list[str | None]
     qc: np.ndarray | None = None
+    shapes: list[tuple[int, int, int]] | None = None  # (height, width, channels) of each good crop, from its header
 
 
 class CropPipeline:
     """Decode a batch of encoded crops; a crop that fails to decode comes back as an error.
 
     DALI fails a whole batch when one sample is bad, so on failure the batch is retried one crop
-    at a time on a fresh pipeline to name the culprits; good crops are never lost.
+    at a time on a fresh pipeline to name the culprits; good crops are never lost. Every crop's
+    header is read first: one above the pixel cap (a decompression bomb) never reaches the decoder.
     """
 
-    def __init__(self, spec: PipelineSpec):
+    def __init__(self, spec: PipelineSpec, limits: InputLimits | None = None):
         self.spec = spec
+        self.limits = limits or InputLimits()
         self._pipe = None
 
     def _pipeline(self):
@@ -104,12 +109,13 @@ class CropPipeline:
         pipe.feed_input("encoded", list(samples))
         return pipe.run()
 
-    def _decoded(self, outputs: tuple, good: list[int], errors: list[str | None]) -> Decoded:
+    def _decoded(self, outputs: tuple, good: list[int], errors: list[str | None], headers: list) -> Decoded:
         qc = None
         if self.spec.qc_output:
             qc = outputs[1].as_cpu() if self.spec.device == "gpu" else outputs[1]
             qc = np.array(qc.as_tensor())  # a copy: DALI reuses its output buffers on the next run
-        return Decoded(self._dense(outputs[0]), good, errors, qc)
+        shapes = [(headers[i].height, headers[i].width, headers[i].channels) for i in good]
+        return Decoded(self._dense(outputs[0]), good, errors, qc, shapes)
 
     def _to_numpy(self, out) -> np.ndarray:
         if self.spec.device == "gpu":
@@ -122,12 +128,16 @@ class CropPipeline:
             raise ValueError(f"{len(crops)} crops exceed the pipeline batch size {self.spec.batch_size}")
         samples = [_as_array(c) for c in crops]
         errors: list[str | None] = ["empty crop (0 bytes)" if s.size == 0 else None for s in samples]
+        headers: list = [None] * len(samples)
+        for i, sample in enumerate(samples):
+            if errors[i] is None:
+                headers[i], errors[i] = self.limits.check_header(sample)
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
             return Decoded(None, [], errors)
         self._pipeline()  # a pipeline that cannot be built is the machine's problem, not the crops'
         try:
-            return self._decoded(self._run([samples[i] for i in good]), good, errors)
+            return self._decoded(self._run([samples[i] for i in good]), good, errors, headers)
         except RuntimeError:
             self._pipe = None  # a DALI pipeline that failed is no longer valid
         for i in good:  # find the culprits one crop at a time, then decode the rest together
@@ -139,7 +149,7 @@ class CropPipeline:
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
             return Decoded(None, [], errors)
-        return self._decoded(self._run([samples[i] for i in good]), good, errors)
+        return self._decoded(self._run([samples[i] for i in good]), good, errors, headers)
 
     def decode_to_numpy(self, crops: Sequence[bytes | np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         """Like :meth:`decode`, as a host array with zeros in the failed crops' slots."""

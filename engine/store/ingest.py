@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bmengine.engine.store.limits import InputLimits, read_regular_file
 from bmengine.engine.store.slide_store import (
     FORMAT_CODES,
     SlideStoreWriter,
@@ -50,6 +51,7 @@ class IngestPlan:
     slides: list[SlidePlan]
     problems: list[tuple[str, str]]  # (file or row, reason) not tied to one slide
     provenance: dict
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (where, what): stored anyway
 
     @property
     def n_files(self) -> int:
@@ -61,6 +63,7 @@ class IngestReport:
     slides: list[tuple[str, Path, int]] = field(default_factory=list)  # written: (slide_id, store, n_cells)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason): skipped
     existing: list[tuple[str, Path]] = field(default_factory=list)  # store already there, left alone
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (where, what): stored anyway
 
     @property
     def n_cells(self) -> int:
@@ -76,20 +79,18 @@ class IngestProgress:
     def slide_finished(self, slide_id: str, n_cells: int, status: str) -> None: ...
 
 
-def read_crop(path: Path) -> tuple[bytes | None, str | None]:
-    """The file's bytes, or why it cannot be a crop (checked by magic bytes, not extension)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return None, "file not found"
-    except IsADirectoryError:
-        return None, "is a folder, not a file"
-    except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}"
+def read_crop(path: Path, limits: InputLimits = InputLimits()) -> tuple[bytes | None, str | None]:
+    """The file's bytes, or why it cannot be a crop: regular files only, within the size cap,
+    an image by its magic bytes (not its extension), and a header within the pixel cap."""
+    data, reason = read_regular_file(Path(path), limits)
+    if reason is not None:
+        return None, reason
     if not data:
         return None, "empty file (0 bytes)"
     if sniff_format(data) == FORMAT_CODES["unknown"]:
         return None, f"not a JPEG, PNG or TIFF image (starts with {data[:8].hex(' ')})"
+    if (reason := limits.check_pixels(data)) is not None:
+        return None, reason
     return data, None
 
 
@@ -136,7 +137,7 @@ def plan_folder(root: Path, exclude: Path | None = None) -> IngestPlan:
         slides.append(plan)
     if not slides and not problems:
         raise IngestError(f"{root} has no slide sub-folders (expected {root}/<slide_id>/<crops>)")
-    return IngestPlan(slides, problems, {"ingested_from": "folder", "source": str(root.resolve())})
+    return _checked(IngestPlan(slides, problems, {"ingested_from": "folder", "source": str(root.resolve())}))
 
 
 def _read_manifest_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
@@ -191,19 +192,54 @@ def plan_manifest(csv_path: Path) -> IngestPlan:
         plan.items.append(CropItem(base / path, path, _clean(row.get("label"))))
     if not slides and not problems:
         raise IngestError(f"manifest {csv_path} has no rows")
-    return IngestPlan(list(slides.values()), problems,
-                      {"ingested_from": "manifest", "manifest": str(csv_path.resolve())})
+    return _checked(IngestPlan(list(slides.values()), problems,
+                               {"ingested_from": "manifest", "manifest": str(csv_path.resolve())}))
+
+
+def _drop_duplicate_files(plan: SlidePlan, warnings: list[tuple[str, str]]) -> None:
+    """A file listed twice for one slide (or reached twice through a link) is one cell: keep the first."""
+    first: dict[str, CropItem] = {}
+    kept = []
+    for item in plan.items:
+        try:
+            key = str(item.path.resolve())
+        except OSError:  # a link loop: read_crop reports it
+            key = str(item.path)
+        if key in first:
+            warnings.append((item.source, f"same file as {first[key].source!r} in slide {plan.slide_id}; stored once"))
+            continue
+        first[key] = item
+        kept.append(item)
+    plan.items = kept
+
+
+def _warn_case_collisions(slides: list[SlidePlan], warnings: list[tuple[str, str]]) -> None:
+    """Ids that differ only in case name the same store on a case-insensitive disk (macOS, Windows)."""
+    seen: dict[str, str] = {}
+    for plan in slides:
+        other = seen.setdefault(plan.slide_id.casefold(), plan.slide_id)
+        if other != plan.slide_id:
+            warnings.append((plan.slide_id, f"slide ids {other!r} and {plan.slide_id!r} differ only in case: "
+                                            "on a case-insensitive disk their stores would collide; rename one"))
+
+
+def _checked(plan: IngestPlan) -> IngestPlan:
+    for slide in plan.slides:
+        _drop_duplicate_files(slide, plan.warnings)
+    _warn_case_collisions(plan.slides, plan.warnings)
+    return plan
 
 
 # -- writing ---------------------------------------------------------------------------------
 
-def _write_slide(plan: SlidePlan, target: Path, provenance: dict, progress: IngestProgress) -> tuple[int, list]:
+def _write_slide(plan: SlidePlan, target: Path, provenance: dict, progress: IngestProgress,
+                 limits: InputLimits) -> tuple[int, list]:
     """Write one store; returns (n_cells, problems). Nothing is written when no crop is usable."""
     problems = list(plan.problems)
     n = 0
     with SlideStoreWriter(target, plan.slide_id, patient_id=plan.patient_id) as writer:
         for item in plan.items:
-            data, reason = read_crop(item.path)
+            data, reason = read_crop(item.path, limits)
             if reason is None:
                 writer.add(data, item.source, item.label)
                 n += 1
@@ -222,12 +258,12 @@ def _write_slide(plan: SlidePlan, target: Path, provenance: dict, progress: Inge
 
 
 def ingest(plan: IngestPlan, out: Path, *, overwrite: bool = False,
-           progress: IngestProgress | None = None) -> IngestReport:
+           progress: IngestProgress | None = None, limits: InputLimits = InputLimits()) -> IngestReport:
     """Write ``<out>/<slide_id>.zarr`` for every planned slide; existing stores are kept unless ``overwrite``."""
     progress = progress or IngestProgress()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = IngestReport(problems=list(plan.problems))
+    report = IngestReport(problems=list(plan.problems), warnings=list(plan.warnings))
     progress.planned(len(plan.slides), plan.n_files)
     for slide in plan.slides:
         target = out / f"{slide.slide_id}.zarr"
@@ -238,7 +274,7 @@ def ingest(plan: IngestPlan, out: Path, *, overwrite: bool = False,
             progress.slide_finished(slide.slide_id, 0, "exists")
             continue
         try:
-            n, problems = _write_slide(slide, target, plan.provenance, progress)
+            n, problems = _write_slide(slide, target, plan.provenance, progress, limits)
         except Exception as exc:  # e.g. disk full: this slide fails, the others go on
             report.problems.append((slide.slide_id, f"store not written: {type(exc).__name__}: {exc}"))
             progress.slide_finished(slide.slide_id, 0, "failed")
@@ -251,10 +287,10 @@ def ingest(plan: IngestPlan, out: Path, *, overwrite: bool = False,
 
 
 def ingest_folder(root: Path, out: Path, *, overwrite: bool = False,
-                  progress: IngestProgress | None = None) -> IngestReport:
-    return ingest(plan_folder(root, exclude=out), out, overwrite=overwrite, progress=progress)
+                  progress: IngestProgress | None = None, limits: InputLimits = InputLimits()) -> IngestReport:
+    return ingest(plan_folder(root, exclude=out), out, overwrite=overwrite, progress=progress, limits=limits)
 
 
 def ingest_manifest(csv_path: Path, out: Path, *, overwrite: bool = False,
-                    progress: IngestProgress | None = None) -> IngestReport:
-    return ingest(plan_manifest(csv_path), out, overwrite=overwrite, progress=progress)
+                    progress: IngestProgress | None = None, limits: InputLimits = InputLimits()) -> IngestReport:
+    return ingest(plan_manifest(csv_path), out, overwrite=overwrite, progress=progress, limits=limits)

@@ -14,11 +14,15 @@ import json
 import os
 import re
 import shutil
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bmengine.engine.store.limits import InputLimits
 
 FORMAT = "bmengine.slide-store"
 FORMAT_VERSION = 1
@@ -26,6 +30,8 @@ ATTRS_KEY = "bmengine_slide_store"
 BYTES_CHUNK = 4 << 20  # 4 MiB of encoded crops per chunk: ~250 PBC JPEGs
 CELLS_CHUNK = 1 << 17  # per-cell arrays (offsets, labels, formats): 131,072 cells per chunk
 UNKNOWN_LABEL = -1
+MAX_CELLS = 5_000_000  # one slide; a real marrow slide holds hundreds to a few thousand crops
+MAX_SOURCE_BYTES_PER_CELL = 4096  # source names are paths, not payloads
 
 FORMAT_CODES = {"unknown": 0, "jpeg": 1, "png": 2, "tiff": 3}
 FORMAT_NAMES = {code: name for name, code in FORMAT_CODES.items()}
@@ -46,10 +52,52 @@ ARRAYS = {
     "cells/source/bytes": ("uint8", "UTF-8 source names, back to back"),
     "cells/source/offsets": ("int64", "source i is bytes[offsets[i]:offsets[i+1]]"),
 }
+# Written by bmengine >= 0.2 and checked whenever present; v1 stores written before still read.
+OPTIONAL_ARRAYS = {
+    "crops/crc32": ("uint32", "CRC-32 of crop i's bytes, checked as each crop is read"),
+}
+CELL_ARRAYS = ("crops/offsets", "cells/label", "cells/format", "cells/source/offsets", "cells/source/bytes")
+
+
+def crop_crc32(data: bytes | memoryview) -> int:
+    """The per-crop checksum stored at ingest (zlib's CRC-32: ~1 GB/s, in the standard library)."""
+    return zlib.crc32(data) & 0xFFFFFFFF
 
 
 class SlideStoreError(ValueError):
     """A slide store that cannot be written or read as the format says."""
+
+
+class StoreDamagedError(SlideStoreError):
+    """Bytes on disk are not what ingest wrote: a missing, truncated or altered chunk."""
+
+
+def _cells_digest(group) -> str:
+    """sha256 over every per-cell array, so a lost or altered chunk of them is noticed on open
+    (zarr reads a missing chunk as its fill value, which would silently relabel cells)."""
+    h = hashlib.sha256()
+    for name in CELL_ARRAYS + tuple(OPTIONAL_ARRAYS):
+        if name in group:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(group[name][:]).tobytes())
+    return h.hexdigest()
+
+
+def _chunk_problems(path: Path, group) -> list[str]:
+    """Chunk files of the store's arrays that are missing or empty (local stores only)."""
+    found = []
+    for name in ("crops/bytes",) + CELL_ARRAYS + tuple(OPTIONAL_ARRAYS):
+        if name not in group:
+            continue
+        arr = group[name]
+        n_chunks = -(-arr.shape[0] // arr.chunks[0]) if arr.shape[0] else 0
+        for c in range(n_chunks):
+            chunk = path / name / "c" / str(c)
+            if not chunk.is_file():
+                found.append(f"{name}/c/{c} is missing")
+            elif chunk.stat().st_size == 0:
+                found.append(f"{name}/c/{c} is empty")
+    return found
 
 
 def sniff_format(data: bytes | memoryview) -> int:
@@ -75,7 +123,8 @@ def _blosc():
 
 def _write_array(group, name: str, data: np.ndarray, chunk: int, compressed: bool = True) -> None:
     arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=(chunk,),
-                             compressors=_blosc() if compressed else None, fill_value=0)
+                             compressors=_blosc() if compressed else None, fill_value=0,
+                             config={"write_empty_chunks": True})  # every chunk on disk: a missing one is damage
     if data.size:
         arr[:] = data
 
@@ -110,10 +159,12 @@ class SlideStoreWriter:
             shutil.rmtree(self.partial)
         self._group = zarr.create_group(str(self.partial), zarr_format=3)
         self._bytes = self._group.create_array("crops/bytes", shape=(0,), dtype="uint8",
-                                               chunks=(BYTES_CHUNK,), compressors=None, fill_value=0)
+                                               chunks=(BYTES_CHUNK,), compressors=None, fill_value=0,
+                                               config={"write_empty_chunks": True})
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._lengths: list[int] = []
+        self._crcs: list[int] = []
         self._formats: list[int] = []
         self._labels: list[str | None] = []
         self._sources: list[bytes] = []
@@ -131,6 +182,7 @@ class SlideStoreWriter:
         self._pending.append(data)
         self._pending_size += len(data)
         self._lengths.append(len(data))
+        self._crcs.append(crop_crc32(data))
         self._formats.append(sniff_format(data))
         self._labels.append(None if label is None else str(label))
         self._sources.append(str(source).encode("utf-8", "backslashreplace"))
@@ -168,6 +220,7 @@ class SlideStoreWriter:
         _write_array(g, "cells/source/bytes", np.frombuffer(b"".join(self._sources), dtype=np.uint8),
                      BYTES_CHUNK)
         _write_array(g, "cells/source/offsets", src_offsets, CELLS_CHUNK)
+        _write_array(g, "crops/crc32", np.array(self._crcs, dtype=np.uint32), CELLS_CHUNK)
         from bmengine.engine import __version__
 
         g.attrs[ATTRS_KEY] = {
@@ -178,6 +231,7 @@ class SlideStoreWriter:
             "n_cells": n,
             "label_names": label_names,
             "crops_sha256": self._digest.hexdigest(),
+            "cells_sha256": _cells_digest(g),
             "created_by": {"software": "bmengine", "version": __version__},
             "created_at": _utc_now(),
             "provenance": self.provenance,
@@ -269,6 +323,7 @@ class SlideStore:
         self._path, self._group, self._attrs, self._offsets = path, group, attrs, offsets
         self._bytes = group["crops/bytes"]
         self._direct = _ChunkFiles.for_array(path / "crops" / "bytes")
+        self._crcs = group["crops/crc32"][:] if "crops/crc32" in group else None
         self._hash: str | None = None
 
     @classmethod
@@ -296,6 +351,7 @@ class SlideStore:
             raise SlideStoreError(f"{path}: format_version {version} is newer than this bmengine reads "
                                   f"(up to {FORMAT_VERSION}); upgrade bmengine")
         offsets = _validate(path, group, attrs)
+        _check_cells_digest(path, group, attrs)
         return cls(path, group, attrs, offsets)
 
     # -- identity -------------------------------------------------------------------------
@@ -337,6 +393,49 @@ class SlideStore:
         raw = self._read_range(lo, int(offs[-1]))
         rel = (offs - lo).tolist()
         return [raw[a:b] for a, b in zip(rel, rel[1:])]
+
+    @property
+    def has_crop_checksums(self) -> bool:
+        """Stores written by bmengine >= 0.2 carry a CRC-32 per crop; older ones only ``crops_sha256``."""
+        return self._crcs is not None
+
+    def read_crops_checked(self, start: int, stop: int,
+                           limits: "InputLimits | None" = None) -> tuple[list[bytes | None], list[str | None]]:
+        """Crops ``[start, stop)`` with a reason for each one that must not be used.
+
+        A crop above the size cap is not read at all; a crop whose bytes fail their ingest-time
+        CRC-32 is reported as store damage (the store changed on disk after ingest). A missing or
+        truncated chunk raises :class:`StoreDamagedError`, naming the chunk: the slide cannot be trusted.
+        """
+        from bmengine.engine.store.limits import InputLimits
+
+        limits = limits or InputLimits()
+        if not 0 <= start <= stop <= self.n_cells:
+            raise IndexError(f"{self._path}: crops [{start}, {stop}) outside [0, {self.n_cells})")
+        offs = self._offsets[start : stop + 1]
+        n = stop - start
+        errors: list[str | None] = [limits.check_size(int(k)) for k in np.diff(offs)]
+        crops: list[bytes | None] = [None] * n
+        i = 0
+        while i < n:  # one contiguous read per run of crops within the size cap
+            if errors[i] is not None:
+                i += 1
+                continue
+            j = i
+            while j < n and errors[j] is None:
+                j += 1
+            lo = int(offs[i])
+            raw = self._read_range(lo, int(offs[j]))
+            rel = (offs[i : j + 1] - lo).tolist()
+            crops[i:j] = [raw[a:b] for a, b in zip(rel, rel[1:])]
+            i = j
+        if self._crcs is not None:
+            for k, crop in enumerate(crops):
+                if crop is not None and crop_crc32(crop) != int(self._crcs[start + k]):
+                    crops[k] = None
+                    errors[k] = (f"store damaged: crop bytes differ from the checksum written at ingest "
+                                 f"({self._path.name}, cell {start + k}); re-ingest this slide")
+        return crops, errors
 
     def _read_range(self, lo: int, hi: int) -> bytes:
         if self._direct is not None:
@@ -420,10 +519,13 @@ class _ChunkFiles:
                 with open(self.folder / f"c{self.separator}{c}", "rb") as f:
                     f.seek(first)
                     part = f.read(last - first)
-            except FileNotFoundError:  # Zarr's rule: a chunk never written holds the fill value (0)
-                part = bytes(last - first)
+            except FileNotFoundError:  # every chunk of crop bytes is written: a missing one is damage
+                raise StoreDamagedError(f"{self.folder.parent.parent}: store damaged: chunk file "
+                                        f"crops/bytes/c{self.separator}{c} is missing; re-ingest this slide") from None
             if len(part) != last - first:
-                raise SlideStoreError(f"{self.folder}: chunk {c} is truncated (wanted bytes {first}..{last})")
+                raise StoreDamagedError(f"{self.folder.parent.parent}: store damaged: chunk file "
+                                        f"crops/bytes/c{self.separator}{c} is truncated (holds {first + len(part)} "
+                                        f"bytes, needs {last}); re-ingest this slide")
             parts.append(part)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -446,6 +548,8 @@ def _validate(path: Path, group, attrs: dict) -> np.ndarray:
     n = attrs["n_cells"]
     if n < 0:
         raise SlideStoreError(f"{path}: n_cells is negative ({n})")
+    if n > MAX_CELLS:
+        raise SlideStoreError(f"{path}: n_cells {n:,} is above the {MAX_CELLS:,} a slide store may hold")
     arrays = {}
     for name, (dtype, _) in ARRAYS.items():
         try:
@@ -456,9 +560,20 @@ def _validate(path: Path, group, attrs: dict) -> np.ndarray:
             raise SlideStoreError(f"{path}: {name!r} must be a 1-d {dtype} array, "
                                   f"found {getattr(arr, 'dtype', 'a group')}")
         arrays[name] = arr
+    if arrays["cells/source/bytes"].shape[0] > MAX_SOURCE_BYTES_PER_CELL * max(n, 1):
+        raise SlideStoreError(f"{path}: 'cells/source/bytes' holds {arrays['cells/source/bytes'].shape[0]:,} bytes, "
+                              f"more than {MAX_SOURCE_BYTES_PER_CELL} per cell")
     for name in ("cells/label", "cells/format"):
         if arrays[name].shape[0] != n:
             raise SlideStoreError(f"{path}: {name!r} has {arrays[name].shape[0]} entries but n_cells is {n}")
+    for name in ("crops/offsets", "cells/source/offsets"):  # checked before reading: shapes can lie hugely
+        if arrays[name].shape[0] != n + 1:
+            raise SlideStoreError(f"{path}: '{name}' has {arrays[name].shape[0]} entries, expected n_cells + 1 = {n + 1}")
+    for name, (dtype, _) in OPTIONAL_ARRAYS.items():
+        if name in group:
+            arr = group[name]
+            if not hasattr(arr, "dtype") or arr.ndim != 1 or arr.dtype != np.dtype(dtype) or arr.shape[0] != n:
+                raise SlideStoreError(f"{path}: {name!r} must be a 1-d {dtype} array of n_cells = {n} entries")
     try:
         offsets = arrays["crops/offsets"][:]
         labels = arrays["cells/label"][:]
@@ -474,6 +589,17 @@ def _validate(path: Path, group, attrs: dict) -> np.ndarray:
         raise SlideStoreError(f"{path}: 'cells/label' of cell {i} is {labels[i]}, outside -1..{n_names - 1} "
                               f"({n_names} label_names)")
     return offsets
+
+
+def _check_cells_digest(path: Path, group, attrs: dict) -> None:
+    """Stores that record ``cells_sha256`` (bmengine >= 0.2) must still match it."""
+    expected = attrs.get("cells_sha256")
+    if expected is None:
+        return
+    if _cells_digest(group) != expected:
+        where = "; ".join(_chunk_problems(path, group)) or "a per-cell chunk was altered"
+        raise StoreDamagedError(f"{path}: store damaged: per-cell arrays differ from what ingest wrote ({where}); "
+                                "re-ingest this slide")
 
 
 def find_slide_stores(root: Path) -> list[Path]:

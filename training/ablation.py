@@ -101,10 +101,8 @@ def _check_same_budget(run_dir: Path, tcfg: TrainConfig) -> None:
 
 
 def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Callable[[str], None]) -> dict:
-    import torch
-
+    from bmengine.training.checkpoint import load_model
     from bmengine.training.export import export_onnx
-    from bmengine.training.models import ModelSpec, create_model
 
     run_dir = Path(cfg.out_dir) / "runs" / f"{backbone}__{attention}__{loss}"
     tcfg = TrainConfig(data_dir=cfg.data_dir, run_dir=str(run_dir), backbone=backbone, attention=attention,
@@ -119,9 +117,7 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
         return json.loads(result_file.read_text())
     summary = train(tcfg, resume=True, log=log)
     report = json.loads((run_dir / "metrics" / f"epoch_{cfg.epochs:03d}.json").read_text())["validation"]
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    model = create_model(ModelSpec(**state["model_spec"])).eval()
-    model.load_state_dict(state["model"])
+    model, _ = load_model(run_dir / "checkpoints" / "last.pt")
     onnx_path = run_dir / "model.onnx"
     if not onnx_path.is_file():
         export_onnx(model, onnx_path, cfg.crop, opset=17)

@@ -29,12 +29,10 @@ class Explanation:
 
 
 def load_checkpoint_model(checkpoint: Path):
-    from bmengine.training.models import ModelSpec, create_model
+    """The model and checkpoint, read as data only (``weights_only``): never unpickled."""
+    from bmengine.training.checkpoint import load_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = create_model(ModelSpec(**state["model_spec"])).eval()
-    model.load_state_dict(state["model"])
-    return model, state
+    return load_model(checkpoint, require=("config", "classes"))
 
 
 def last_feature_stage(model: torch.nn.Module) -> torch.nn.Module:

@@ -64,15 +64,14 @@ def resolve_int8_ops(choice: str, fp32_path: Path) -> str:
     return "conv" if any(node.op_type in _ATTENTION_OPS for node in graph.node) else "all"
 
 
+#: what an export reads from a checkpoint besides the model
+EXPORT_KEYS = ("config", "classes", "taxonomy", "epoch", "history")
+
+
 def _load(checkpoint: Path):
-    import torch
+    from bmengine.training.checkpoint import load_model
 
-    from bmengine.training.models import ModelSpec, create_model
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = create_model(ModelSpec(**state["model_spec"])).eval()
-    model.load_state_dict(state["model"])
-    return model, state
+    return load_model(checkpoint, require=EXPORT_KEYS)
 
 
 def export_onnx(model, path: Path, crop: int, opset: int) -> None:

@@ -1,7 +1,9 @@
 """The training loop: cached images, batch augmentation, bf16 + channels_last on CPU, resumable.
 
 Every epoch writes ``RUN_DIR/checkpoints/last.pt`` (and ``best.pt`` when validation macro-F1
-improves) atomically; ``train`` with ``resume=True`` continues from ``last.pt``.
+improves) atomically; ``train`` with ``resume=True`` continues from ``last.pt``. A checkpoint holds
+only tensors and plain data, because every reader loads it with ``weights_only=True``
+(``training/checkpoint.py``): a model file is never unpickled.
 """
 
 from __future__ import annotations
@@ -12,19 +14,24 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from bmengine.engine.bench import machine_words
 from bmengine.training.augment import AugmentConfig, augment, center_crop, normalize
+from bmengine.training.checkpoint import load_checkpoint
 from bmengine.training.dataset import ImageFolder, stratified_split
 from bmengine.training.image_cache import cached_images
 from bmengine.training.losses import LossSpec, create_loss
 from bmengine.training.metrics import classification_report
 from bmengine.training.models import ModelSpec, create_model
 from bmengine.training.sampler import SAMPLERS
+
+
+#: what resuming reads back from ``last.pt``
+RESUME_KEYS = ("model", "optimizer", "epoch", "history", "best_macro_f1")
 
 
 @dataclass
@@ -106,6 +113,19 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _plain(value: Any) -> Any:
+    """Checkpoint metadata as JSON types (no Path, no NumPy), so ``weights_only=True`` reads it back."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"checkpoint metadata cannot hold a {type(value).__name__}: {value!r}")
+
+
 def _save(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
@@ -164,7 +184,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last, require=RESUME_KEYS)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best_f1 = state["epoch"], state["history"], state["best_macro_f1"]
@@ -224,13 +244,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,
-            "history": history,
+            "history": _plain(history),
             "best_macro_f1": max(best_f1, report["macro_f1"]),
-            "config": asdict(cfg),
+            "config": _plain(asdict(cfg)),
             "model_spec": spec.to_dict(),
             "classes": list(classes),
             "taxonomy": taxonomy,
-            "val_report": report,
+            "val_report": _plain(report),
             "command": command_line(sys.argv),
         }
         if report["macro_f1"] > best_f1:

@@ -1,13 +1,66 @@
 """PyTorch eager on the CPU (or CUDA where present): runs a trainer checkpoint exported as ``.pt``.
 
 Needs the ``[train]`` extra; useful to compare a checkpoint with its ONNX export.
+
+A ``.pt`` is a pickle, and unpickling runs whatever the file names; its card's sha256 proves
+nothing, because whoever sends the model writes the card. So the file is read with torch's
+``weights_only`` unpickler (tensors and plain data only) and the architecture is built from the
+card, never from objects inside the file.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from bmengine.engine.backends.base import Backend, ModelIO
+from bmengine.engine.model.card import ModelCard, ModelCardError
+
+if TYPE_CHECKING:
+    from bmengine.training.models import ModelSpec
+
+
+def load_weights(model_path: Path) -> dict:
+    """The state dict in a ``.pt`` (a trainer checkpoint's ``model``, or a bare state dict), read
+    with ``weights_only=True``; a file holding Python objects is refused, not unpickled."""
+    import torch
+
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(exc))  # torch's page -> its reason
+        reason = f" ({found.group(0)})" if found else ""
+        raise ModelCardError(
+            f"{model_path}: refused: the file is not only tensors and plain data{reason}; bmengine never "
+            "unpickles a model file. If an older bmengine wrote it, re-train or re-export it; "
+            "otherwise do not trust it"
+        ) from None
+    except OSError:
+        raise
+    except Exception as exc:  # torch reports a damaged or foreign file as KeyError, RuntimeError, EOFError...
+        raise ModelCardError(f"{model_path}: not a readable PyTorch model ({type(exc).__name__})") from None
+    weights = state.get("model", state) if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ModelCardError(f"{model_path}: holds no state dict (expected tensors, or a checkpoint's 'model')")
+    return weights
+
+
+def spec_from_card(card: ModelCard, model_path: Path) -> "ModelSpec":
+    """The ``ModelSpec`` the card's ``architecture`` names (its extra keys, e.g. loss, are ignored)."""
+    from bmengine.training.models import ModelSpec  # noqa: F811 (the architecture lives in training: a known exception)
+
+    arch = card.architecture
+    if "backbone" not in arch:
+        raise ModelCardError(f"{model_path}: its card's architecture names no backbone")
+    known = {f.name for f in fields(ModelSpec)}
+    spec = {k: v for k, v in arch.items() if k in known}
+    spec.setdefault("num_classes", len(card.classes))
+    return ModelSpec(**spec)
 
 
 class TorchBackend(Backend):
@@ -18,15 +71,22 @@ class TorchBackend(Backend):
         super().__init__(model_path, card, options)
         import torch
 
-        from bmengine.training.models import ModelSpec, create_model
+        from bmengine.training.models import create_model
 
         torch.set_num_threads(options.threads)
-        state = torch.load(model_path, map_location="cpu", weights_only=False)
-        self.model = create_model(ModelSpec(**state["model_spec"])).eval()
-        self.model.load_state_dict(state["model"])
+        weights = load_weights(self.model_path)
+        spec = spec_from_card(card, self.model_path)
+        try:
+            self.model = create_model(spec).eval()
+            self.model.load_state_dict(weights)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise ModelCardError(
+                f"{self.model_path}: weights do not fit the architecture its card names ({spec}): "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
         self.model = self.model.to(memory_format=torch.channels_last)
         self._torch = torch
-        self._num_classes = state["model_spec"]["num_classes"]
+        self._num_classes = spec.num_classes
 
     def io(self) -> ModelIO:
         return ModelIO(None, self._num_classes)

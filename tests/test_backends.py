@@ -26,17 +26,17 @@ def test_int8_agrees_with_fp32_on_real_crops(tiny_model):
     assert np.abs(fp32 - int8).max() < 0.15
 
 
-def test_torch_backend_matches_onnx_runtime(trained_run, tmp_path):
+def test_torch_backend_matches_onnx_runtime(tiny_model, tmp_path):
     torch = pytest.importorskip("torch", reason="the torch backend needs the [train] extra")
-    run = trained_run.parent.parent  # a checkpoint: trained in this session
+    run = tiny_model.parent.parent
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     pt = tmp_path / "tiny.pt"
     torch.save({"model_spec": state["model_spec"], "model": state["model"]}, pt)
-    card = load_card(trained_run.with_name("tiny.onnx"))
+    card = load_card(tiny_model.with_name("tiny.onnx"))
     card.weights_file, card.weights_sha256 = pt.name, sha256_of(pt)
     write_card(card, pt)
     files = pbc_files("eosinophil", 6, offset=40)
-    onnx_probs, _ = predict_files(load_backend(trained_run.with_name("tiny.onnx")), files)
+    onnx_probs, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
     torch_probs, _ = predict_files(load_backend(pt), files)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-3
 

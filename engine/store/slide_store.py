@@ -351,7 +351,6 @@ class SlideStore:
             raise SlideStoreError(f"{path}: format_version {version} is newer than this bmengine reads "
                                   f"(up to {FORMAT_VERSION}); upgrade bmengine")
         offsets = _validate(path, group, attrs)
-        _check_cells_digest(path, group, attrs)
         return cls(path, group, attrs, offsets)
 
     # -- identity -------------------------------------------------------------------------
@@ -582,6 +581,7 @@ def _validate(path: Path, group, attrs: dict) -> np.ndarray:
         raise SlideStoreError(f"{path}: cannot read the per-cell arrays: {exc}") from None
     _check_offsets(path, "'crops/offsets'", offsets, n, arrays["crops/bytes"].shape[0])
     _check_offsets(path, "'cells/source/offsets'", src_offsets, n, arrays["cells/source/bytes"].shape[0])
+    _check_cells_digest(path, group, attrs)  # before labels are judged: "damaged" is the better answer
     n_names = len(attrs["label_names"])
     bad = (labels < UNKNOWN_LABEL) | (labels >= n_names)
     if bad.any():

@@ -124,8 +124,8 @@ def test_a_slide_that_failed_is_retried(archive):
     assert _statuses(out) == {"A": "skipped", "B": "ok"}
 
 
-def test_the_shipped_sample_stores_still_resume(tmp_path):
-    """Stores written before per-crop checksums keep working: a second run skips them."""
+def test_the_shipped_sample_stores_resume_with_the_shipped_model(tmp_path):
+    """The demo's stores (rebuilt with per-crop checksums) and the default model: a second run skips."""
     from bmengine.engine.assets import SAMPLE_SLIDES
 
     slides = tmp_path / "slides"

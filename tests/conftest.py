@@ -1,9 +1,16 @@
-"""Shared fixtures: real crops from ../shared/data and a real (tiny) trained + exported model."""
+"""Shared fixtures: real crops from ../shared/data and a real trained + exported model.
+
+The model (``tiny_model``) is committed under tests/assets, made by tests/assets/make_test_model.py:
+the engine's tests run without PyTorch. Only tests of training and export themselves train one
+(``trained_run``, which needs the [train] extra).
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +18,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
 DATA = REPO.parent / "shared" / "data"
 PBC = DATA / "pbc"
 BM = DATA / "bm_samples"
 BMENGINE = [sys.executable, "-m", "bmengine.engine.cli.app"]
+
+
+def _load_script(name: str):
+    """A script of tests/assets as a module (it is not a package: the scripts run on their own)."""
+    spec = importlib.util.spec_from_file_location(name, ASSETS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TEST_MODEL = _load_script("make_test_model")
 
 
 def pbc_files(cls: str, n: int, offset: int = 0) -> list[Path]:
@@ -43,10 +62,31 @@ def pbc_subset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, pbc_subset) -> Path:
-    """A real model: trained 2 short epochs with `bmengine train`, exported with `bmengine export`.
+def tiny_model(tmp_path_factory) -> Path:
+    """The committed test model (MultiScaleCrossAttentionNet at 64 px, trained on a PBC subset, see
+    tests/assets/make_test_model.py), copied so tests may write beside it.
 
-    Returns the int8 ONNX path (fp32 sits beside it); both carry cards.
+    Returns the int8 ONNX path; the fp32 ``tiny.onnx`` sits beside it; both carry cards.
+    """
+    export = tmp_path_factory.mktemp("tiny_model") / "export"
+    export.mkdir()
+    for name in TEST_MODEL.MODEL_FILES:
+        shutil.copy(ASSETS / name, export / name)
+    return export / "tiny_int8.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_data(tmp_path_factory) -> Path:
+    """The PBC subset the test model was trained on (links to ../shared/data), laid out as it was."""
+    return TEST_MODEL.build_subset(PBC, tmp_path_factory.mktemp("tiny_model_data") / "data")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, pbc_subset) -> Path:
+    """A model trained here for 2 short epochs with `bmengine train` and exported with `bmengine
+    export`, for the tests of training and export themselves (checkpoint in ``parents[1]``).
+
+    Returns the int8 ONNX path (fp32 ``tiny.onnx`` beside it); both carry cards.
     """
     pytest.importorskip("torch", reason="training needs the [train] extra")
     run = tmp_path_factory.mktemp("tiny_run")

@@ -18,25 +18,32 @@ def test_suffixes_map_to_backends():
 
 
 def test_int8_agrees_with_fp32_on_real_crops(tiny_model):
-    files = [f for cls in ("neutrophil", "lymphocyte", "platelet") for f in pbc_files(cls, 8, offset=40)]
+    """The test model is trained (mean top probability > 0.8), so a wrong int8 model shows. On
+    64 crops it never saw, measured: argmax agrees on 63, max |dp| 0.041, mean |dp| 0.0009.
+    Bounds: at most 2 flips (int8 moves only crops near a decision boundary), max |dp| < 0.1,
+    mean |dp| < 0.005. Two swapped class columns give |dp| near 1 and 11-21 flips."""
+    classes = load_card(tiny_model).classes
+    files = [f for cls in classes for f in pbc_files(cls, 8, offset=40)]
     fp32, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
     int8, errors = predict_files(load_backend(tiny_model), files)
     assert errors == [None] * len(files)
     assert np.allclose(fp32.sum(axis=1), 1, atol=1e-4) and np.allclose(int8.sum(axis=1), 1, atol=1e-4)
-    assert np.abs(fp32 - int8).max() < 0.15
+    assert fp32.max(axis=1).mean() > 0.8, "the test model is near-uniform: int8 errors would not show"
+    assert (fp32.argmax(axis=1) != int8.argmax(axis=1)).sum() <= 2
+    assert np.abs(fp32 - int8).max() < 0.1 and np.abs(fp32 - int8).mean() < 0.005
 
 
-def test_torch_backend_matches_onnx_runtime(tiny_model, tmp_path):
+def test_torch_backend_matches_onnx_runtime(trained_run, tmp_path):
     torch = pytest.importorskip("torch", reason="the torch backend needs the [train] extra")
-    run = tiny_model.parent.parent
+    run = trained_run.parent.parent  # a checkpoint: trained in this session
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     pt = tmp_path / "tiny.pt"
     torch.save({"model_spec": state["model_spec"], "model": state["model"]}, pt)
-    card = load_card(tiny_model.with_name("tiny.onnx"))
+    card = load_card(trained_run.with_name("tiny.onnx"))
     card.weights_file, card.weights_sha256 = pt.name, sha256_of(pt)
     write_card(card, pt)
     files = pbc_files("eosinophil", 6, offset=40)
-    onnx_probs, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
+    onnx_probs, _ = predict_files(load_backend(trained_run.with_name("tiny.onnx")), files)
     torch_probs, _ = predict_files(load_backend(pt), files)
     assert np.abs(onnx_probs - torch_probs).max() < 1e-3
 

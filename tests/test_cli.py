@@ -28,13 +28,24 @@ def test_eval_json_scores_a_class_per_folder_dataset(tiny_model, pbc_subset):
     assert 0 <= report["macro_f1"] <= 1 and report["model"]["sha256"]
 
 
-def test_eval_held_out_scores_exactly_the_split_training_never_saw(tiny_model, pbc_subset):
-    split = json.loads((tiny_model.parents[1] / "split.json").read_text())  # written by `bmengine train`
-    result = _run("eval", pbc_subset, "--model", tiny_model, "--held-out", "--json")
+def test_eval_held_out_scores_exactly_the_split_training_never_saw(tiny_model, tiny_model_data):
+    """On the data the test model was trained on, --held-out re-draws the trainer's validation
+    split (tiny_split.csv, from its split.json) and scores what `bmengine export` scored."""
+    import pandas as pd
+
+    from bmengine.engine.model import load_card
+    from conftest import ASSETS
+
+    split = pd.read_csv(ASSETS / "tiny_split.csv")
+    val = split[split["split"] == "val"]
+    result = _run("eval", tiny_model_data, "--model", tiny_model, "--held-out", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["n"] == len(split["val"]) == 8 * round(12 * 0.2)
-    assert len(split["train"]) + report["n"] == 96
+    assert report["n"] == len(val) == 8 * round(300 * 0.2) and len(split) == 8 * 300
+    support = {c: v["support"] for c, v in report["per_class"].items()}
+    assert support == val["file"].str.split("/").str[0].value_counts().to_dict()
+    claimed = load_card(tiny_model).metrics["validation"]
+    assert report["confusion_matrix"] == claimed["confusion_matrix"]
 
 
 def test_eval_refuses_folders_the_model_does_not_know(tiny_model, tmp_path):

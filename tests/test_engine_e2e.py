@@ -17,7 +17,7 @@ import pytest
 from scipy.stats import beta
 
 from bmengine.engine.model import sha256_of
-from bmengine.engine.pipeline.run import KILL_AFTER_CROPS_ENV
+from cli_helpers import KILL_AFTER
 from conftest import BM, BMENGINE, pbc_files, write_manifest
 
 SLIDES = {
@@ -92,6 +92,41 @@ def test_every_crop_has_a_row_and_counts_add_up(reference):
         assert sum(row[f"soft_{c}"] for c in classes) == pytest.approx(row["n_cells"], rel=1e-4)
 
 
+def test_every_row_is_the_crop_at_its_cell_index(slides, reference, tiny_model):
+    """Row i holds crop i: its source is the store's source at ``cell_index``, and its
+    (log-)probabilities are those of that very crop's bytes classified on their own (batch of
+    one, read straight from the store). A batch written to shifted or shuffled rows, or decoded into a
+    buffer the next batch overwrote, gives some row another crop's probabilities."""
+    from bmengine.engine.backends import load_backend
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+    from bmengine.engine.store import SlideStore
+
+    out, _ = reference
+    backend = load_backend(tiny_model)
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(backend.card.preprocessing, batch_size=1))
+    classes = list(backend.card.classes)
+    for slide in SLIDES:
+        store = SlideStore.open(slides / f"{slide}.zarr")
+        cells = _cells(out, slide)
+        assert cells["source"].tolist() == [store.sources()[i] for i in cells["cell_index"]]
+        got = _log(cells[[f"prob_{c}" for c in classes]].to_numpy())
+        for row, index in enumerate(cells["cell_index"]):
+            decoded = pipeline.decode(store.read_crops(index, index + 1))
+            if not decoded.good:
+                assert np.isnan(got[row]).all() and cells["error"].iloc[row], cells["source"].iloc[row]
+                continue
+            alone = _log(backend.infer(decoded.pixels))[0]
+            assert np.allclose(got[row], alone, atol=1e-3), f"{slide} row {row} is not crop {index}"
+        ok = got[~np.isnan(got).any(axis=1)]
+        apart = np.abs(ok[:, None, :] - ok[None, :, :]).max(axis=2) + np.eye(len(ok))
+        assert apart.min() > 0.1  # no two crops alike: any swap of rows would show
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities: confident crops of one class differ in their small probabilities."""
+    return np.log(np.maximum(probs, 1e-30))
+
+
 def test_intervals_are_exact_clopper_pearson(reference):
     out, _ = reference
     row = pd.read_csv(out / "differential.csv", dtype={"slide_id": str}).set_index("slide_id").loc["S1"]
@@ -142,8 +177,8 @@ def test_outputs_name_the_model_and_version(reference, tiny_model):
 def test_killed_run_resumes_to_the_same_result(slides, tiny_model, reference, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "out"
-    killed = _bmengine("run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16",
-                       env={KILL_AFTER_CROPS_ENV: "40"})  # S1 has 25 crops: dies inside S2
+    killed = subprocess.run(KILL_AFTER + ["40", "run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16"],
+                            capture_output=True, text=True)  # S1 has 25 crops: dies inside S2
     assert killed.returncode == -9
     assert (out / "S1" / "slide.json").is_file() and not (out / "S2" / "slide.json").exists()
     assert not (out / "differential.csv").exists()

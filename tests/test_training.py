@@ -75,7 +75,7 @@ def test_se_sits_after_the_group_conv_in_every_regnet_block():
     assert model(x).shape == (2, 8)
 
 
-def test_trained_model_exports_to_onnx_with_matching_outputs(tiny_model):
+def test_trained_model_exports_to_onnx_with_matching_outputs(trained_run):
     """`bmengine train` + `bmengine export` produced fp32 and int8 ONNX with cards; ORT == torch."""
     import onnxruntime as ort
 
@@ -83,8 +83,8 @@ def test_trained_model_exports_to_onnx_with_matching_outputs(tiny_model):
     from bmengine.engine.model import load_card
     from bmengine.training.models import ModelSpec, create_model
 
-    fp32 = tiny_model.with_name("tiny.onnx")
-    card, card8 = load_card(fp32), load_card(tiny_model)
+    fp32 = trained_run.with_name("tiny.onnx")
+    card, card8 = load_card(fp32), load_card(trained_run)
     assert card.precision == "fp32" and card8.precision == "int8"
     assert card.preprocessing.crop == 64 and card.classes == card8.classes and len(card.classes) == 8
     assert "accuracy" in card.metrics["validation"] and "fp32_validation" in card8.metrics
@@ -117,13 +117,13 @@ def test_training_resumes_from_last_checkpoint(pbc_subset, tmp_path):
     assert "last.pt" in kept and [k for k in kept if k.startswith("epoch_")] == ["epoch_002.pt"]
 
 
-def test_explain_writes_grad_cam_and_smoothgrad_overlays(tiny_model, tmp_path):
+def test_explain_writes_grad_cam_and_smoothgrad_overlays(trained_run, tmp_path):
     import subprocess
 
     from bmengine.training.explain import explain
     from conftest import BMENGINE, pbc_files
 
-    checkpoint = tiny_model.parent.parent / "checkpoints" / "last.pt"
+    checkpoint = trained_run.parent.parent / "checkpoints" / "last.pt"
     files = pbc_files("neutrophil", 1) + pbc_files("eosinophil", 1)
     explanations, pixels = explain(checkpoint, files, smooth_samples=4)
     assert pixels.shape == (2, 64, 64, 3)

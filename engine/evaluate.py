@@ -12,6 +12,7 @@ import numpy as np
 
 from bmengine.engine.backends import Backend
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+from bmengine.engine.store.limits import InputLimits, read_regular_file
 
 
 def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
@@ -20,14 +21,20 @@ def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64,
     prep = backend.card.preprocessing
     pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
                                          batch_size=batch_size, num_threads=threads))
+    limits = InputLimits()
     probs = np.full((len(files), len(backend.card.classes)), np.nan, dtype=np.float32)
     errors: list[str | None] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        decoded = pipeline.decode([Path(f).read_bytes() for f in chunk])
+        read = [read_regular_file(Path(f), limits) for f in chunk]  # never a FIFO, a device or a huge file
+        readable = [i for i, (data, _) in enumerate(read) if data is not None]
+        decoded = pipeline.decode([read[i][0] for i in readable])
+        chunk_errors = [reason for _, reason in read]
+        for i, error in zip(readable, decoded.errors):
+            chunk_errors[i] = error
         if decoded.good:
-            probs[start + np.asarray(decoded.good)] = backend.infer(decoded.pixels)
-        errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(decoded.errors)]
+            probs[start + np.asarray(readable)[np.asarray(decoded.good)]] = backend.infer(decoded.pixels)
+        errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(chunk_errors)]
         if progress:
             progress(len(chunk))
     return probs, errors

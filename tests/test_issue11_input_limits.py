@@ -138,3 +138,29 @@ def test_pbc_and_matek_crops_are_far_inside_the_default_limits():
     sizes = [p.stat().st_size for p in list(PBC.glob("*/*.jpg"))[:500]]
     assert max(sizes) * 100 < limits.max_crop_bytes
     assert all(limits.check_pixels(p.read_bytes()) is None for p in BM.glob("*/*.jpg"))
+
+
+def test_a_store_with_a_fifo_or_a_link_inside_is_refused_without_hanging(tmp_path):
+    ingest(crop_folder(tmp_path / "crops", {"P1": {"monocyte": 2}, "P2": {"monocyte": 2}}), tmp_path / "slides")
+    label_chunk = tmp_path / "slides" / "P1.zarr" / "cells" / "label" / "c" / "0"
+    label_chunk.unlink()
+    os.mkfifo(label_chunk)  # zarr would block opening it
+    with pytest.raises(Exception, match="not a regular file"):
+        SlideStore.open(tmp_path / "slides" / "P1.zarr")
+    byte_chunk = tmp_path / "slides" / "P2.zarr" / "crops" / "bytes" / "c" / "0"
+    byte_chunk.unlink()
+    os.symlink("/dev/null", byte_chunk)
+    with pytest.raises(Exception, match="is a link"):
+        SlideStore.open(tmp_path / "slides" / "P2.zarr")
+
+
+def test_eval_finishes_with_a_fifo_among_real_crops(tmp_path, tiny_model):
+    folder = tmp_path / "data" / "lymphocyte"
+    folder.mkdir(parents=True)
+    for f in pbc_files("lymphocyte", 3):
+        (folder / f.name).write_bytes(f.read_bytes())
+    os.mkfifo(folder / "pipe.jpg")
+    result = bmengine("eval", tmp_path / "data", "--model", tiny_model, "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["n"] == 3  # the FIFO is never opened (the scan lists regular files; reads refuse others)

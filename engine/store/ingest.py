@@ -141,6 +141,8 @@ def plan_folder(root: Path, exclude: Path | None = None) -> IngestPlan:
 
 
 def _read_manifest_rows(csv_path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
+    if Path(csv_path).exists() and not Path(csv_path).is_file():  # a FIFO would block the open forever
+        raise IngestError(f"manifest {csv_path} is not a regular file")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -336,6 +337,7 @@ class SlideStore:
             raise SlideStoreError(f"{path}: not a directory (a slide store is a <slide_id>.zarr folder)")
         if not (path / "zarr.json").is_file():
             raise SlideStoreError(f"{path}: missing zarr.json (not a Zarr v3 store; build stores with `bmengine ingest`)")
+        _check_store_files(path)
         try:
             group = zarr.open_group(str(path), mode="r", zarr_format=3)
         except Exception as exc:
@@ -589,6 +591,26 @@ def _validate(path: Path, group, attrs: dict) -> np.ndarray:
         raise SlideStoreError(f"{path}: 'cells/label' of cell {i} is {labels[i]}, outside -1..{n_names - 1} "
                               f"({n_names} label_names)")
     return offsets
+
+
+MAX_METADATA_BYTES = 16 << 20  # a zarr.json; bmengine's are a few KB
+
+
+def _check_store_files(path: Path) -> None:
+    """Only plain files and folders inside a store: a FIFO would hang zarr's reads, a link to a device
+    would feed it endless bytes, and a huge zarr.json would be parsed whole. bmengine writes none."""
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise SlideStoreError(f"{path}: {entry.relative_to(path)} is a link; a slide store holds only "
+                                      "plain files (copy the store instead of linking into it)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise SlideStoreError(f"{path}: {entry.relative_to(path)} is not a regular file")
+            if name == "zarr.json" and entry.stat().st_size > MAX_METADATA_BYTES:
+                raise SlideStoreError(f"{path}: {entry.relative_to(path)} is {entry.stat().st_size:,} bytes, "
+                                      f"above the {MAX_METADATA_BYTES:,} a store's metadata may take")
 
 
 def _check_cells_digest(path: Path, group, attrs: dict) -> None:

@@ -93,7 +93,7 @@ def test_bmengine_run_refuses_it_with_exit_2(tmp_path):
 def test_bmengine_export_refuses_it(tmp_path):
     evil = write_evil(tmp_path / "last.pt", tmp_path / "pwned")
     result = cli("export", evil, "--out", tmp_path / "evil.onnx", "--no-int8", "--no-evaluate")
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "refused: the checkpoint is not only tensors and plain data" in result.stderr
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "evil.onnx").exists()
 

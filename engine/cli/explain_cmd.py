@@ -33,7 +33,13 @@ def explain(
         else:
             typer.echo(f"error: {item}: no such file or folder", err=True)
             raise typer.Exit(2)
-    explanations, pixels = run_explain(checkpoint, files, smooth_samples or 16)
+    from bmengine.training.checkpoint import UnsafeCheckpointError
+
+    try:
+        explanations, pixels = run_explain(checkpoint, files, smooth_samples or 16)
+    except UnsafeCheckpointError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     for path, e in zip(write_overlays(explanations, pixels, out), explanations):
         typer.echo(f"{path}  {e.predicted} {e.probability:.1%}")

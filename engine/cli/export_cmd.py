@@ -31,7 +31,13 @@ def export(
     except ValueError as err:
         typer.echo(f"error: --int8-ops: {err}", err=True)
         raise typer.Exit(2)
-    paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
+    from bmengine.training.checkpoint import UnsafeCheckpointError
+
+    try:
+        paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
+    except UnsafeCheckpointError as err:  # a refused or unreadable checkpoint: nothing was written
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     for precision, path in paths.items():
         typer.echo(f"{precision}: {path}")
 

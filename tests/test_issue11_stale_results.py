@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from bmengine.engine.model.card import card_path_for, sha256_of
+from bmengine.engine.store import SlideStore
 from cli_helpers import bmengine, crop_folder, ingest
 
 SLIDES = {"A": {"lymphocyte": 3, "neutrophil": 3}, "B": {"monocyte": 4}}
@@ -52,19 +53,34 @@ def test_unchanged_inputs_are_skipped(archive):
 
 
 def test_repaired_and_reingested_store_is_redone(archive):
-    crops, slides, model, out = archive
-    victim = sorted((crops / "A").glob("*.jpg"))[0]
-    good = victim.read_bytes()
-    victim.write_bytes(good[: len(good) // 3])  # truncated at the lab: an error row
-    ingest(crops, slides, "--overwrite")
+    """The case seen: a store damaged on disk gave error rows; re-ingesting the same crops repaired it,
+    but the store hash (which never reads crop bytes) was unchanged, so the old rows stayed."""
+    crops, slides, model, _ = archive
+    out = slides.parent / "out-damaged"
+    chunk = slides / "A.zarr" / "crops" / "bytes" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[3000:3400] = bytes(400)  # a bad sector inside the first crop
+    chunk.write_bytes(bytes(data))
     _run(slides, model, out)
-    assert _statuses(out)["A"] == "ok"
-    assert pd.read_parquet(out / "A" / "cells.parquet")["error"].notna().sum() == 1
-    victim.write_bytes(good)  # repaired, re-ingested: the error row must go
-    ingest(crops, slides, "--overwrite")
+    damaged = pd.read_parquet(out / "A" / "cells.parquet")
+    assert damaged["error"].notna().sum() == 1 and damaged["error"].dropna().str.startswith("store damaged").all()
+    ingest(crops, slides, "--overwrite")  # the same source files: the same crops, the same store hash
     result = _run(slides, model, out)
     assert _statuses(out) == {"A": "ok", "B": "skipped"}
     assert pd.read_parquet(out / "A" / "cells.parquet")["error"].isna().all()
+    assert "redone: its store was damaged last time" in result.stderr
+    assert SlideStore.open(slides / "A.zarr").content_hash() == json.loads(
+        (out / "A" / "slide.json").read_text())["resume"]["store_hash"]
+
+
+def test_a_store_reingested_with_other_crops_is_redone(archive):
+    crops, slides, model, out = archive
+    victim = sorted((crops / "A").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:5000])  # truncated at the lab: an error row
+    ingest(crops, slides, "--overwrite")
+    result = _run(slides, model, out)
+    assert _statuses(out) == {"A": "ok", "B": "skipped"}
+    assert pd.read_parquet(out / "A" / "cells.parquet")["error"].notna().sum() == 1
     assert "redone: changed since: the slide store" in result.stderr
 
 

@@ -117,9 +117,5 @@ def test_a_store_rewritten_under_the_same_path_is_read_afresh(tmp_path):
     _rewrite_and_read(tmp_path / "R2.zarr", scheduler=None)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="known bug in reader.py: iter_batches clears the store cache of the client's "
-                          "process only; a worker process keeps the SlideStore it opened before the slide "
-                          "was re-ingested and reads the new file with the old offsets")
 def test_a_rewritten_store_is_read_afresh_by_a_cluster_that_outlives_the_run(tmp_path, process_cluster):
     _rewrite_and_read(tmp_path / "R3.zarr", scheduler=process_cluster.scheduler_address)

@@ -7,6 +7,7 @@ the engine decodes and infers. A bounded window of futures keeps memory flat on 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,8 +31,16 @@ def batch_ranges(n_cells: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, n_cells)) for start in range(0, n_cells, batch_size)]
 
 
+def _identity(path: str) -> tuple[int, int, int]:
+    """Which store is at ``path`` now: a re-ingested store is moved into place, so its zarr.json is a
+    new file. One stat per batch; part of the cache key, so no process (a long-lived Dask worker
+    included) ever reads a new store through the offsets of an old one."""
+    info = os.stat(Path(path) / "zarr.json")
+    return info.st_ino, info.st_mtime_ns, info.st_size
+
+
 @lru_cache(maxsize=64)
-def _open_store(path: str):
+def _open_store(path: str, identity: tuple[int, int, int]):
     from bmengine.engine.store import SlideStore
 
     return SlideStore.open(Path(path))
@@ -39,7 +48,7 @@ def _open_store(path: str):
 
 def read_batch(store_path: str, start: int, stop: int, limits: InputLimits | None = None) -> CropBatch:
     """The Dask task: crops [start, stop), checked against the size cap and their ingest checksums."""
-    crops, errors = _open_store(store_path).read_crops_checked(start, stop, limits)
+    crops, errors = _open_store(store_path, _identity(store_path)).read_crops_checked(start, stop, limits)
     return CropBatch(start, stop, crops, errors)
 
 
@@ -62,7 +71,6 @@ class DaskCropReader:
     def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0,
                      limits: InputLimits | None = None) -> Iterator[CropBatch]:
         """Yield batches in order, keeping ``prefetch`` reads in flight ahead of the consumer."""
-        _open_store.cache_clear()  # a store re-ingested under the same path must be re-read
         ranges = [r for r in batch_ranges(n_cells, batch_size) if r[0] >= start_at]
         pending: deque = deque()
         for start, stop in ranges:

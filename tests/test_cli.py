@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 from conftest import BMENGINE
 
@@ -86,6 +87,8 @@ def test_bench_writes_a_record_naming_machine_model_and_stages(tmp_path):
 
 def test_ablate_runs_a_grid_and_writes_the_table(pbc_subset, tmp_path):
     import pandas as pd
+
+    pytest.importorskip("torch", reason="ablate trains: it needs the [train] extra")
 
     out = tmp_path / "ablation"
     result = _run("ablate", pbc_subset, "--out", out, "--backbones", "regnetx_002,densenet201",

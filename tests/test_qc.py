@@ -6,6 +6,7 @@ import numpy as np
 
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 from bmengine.engine.qc import SEAM_THRESHOLD, garbled_flags, seam_scores
+from bmengine.engine.qc.garbled import GARBLED_THRESHOLDS, garbled, garbled_scores
 from conftest import BM, pbc_files
 
 
@@ -34,3 +35,21 @@ def test_a_shifted_stripe_is_caught_in_a_clean_crop():
     img = _decode_for_qc([pbc_files("monocyte", 1)[0].read_bytes()])[0].copy()
     img[80:, :] = np.roll(img[80:, :], 40, axis=1)[:, :, ::-1]  # shifted rows with swapped colours
     assert garbled_flags(img[None]) == ["garbled"]
+
+
+def test_each_trace_of_damage_passes_its_own_threshold_and_a_clean_crop_none():
+    img = _decode_for_qc([pbc_files("monocyte", 1)[0].read_bytes()])[0]
+    tint = img.astype(int)
+    tint[70:, :, 2] -= 14  # a drifted colour over the bottom, its edge spread over two rows
+    tint[69, :, 2] -= 7
+    fill = img.copy()
+    fill[100:] = 128  # the data ran out: the decoder filled the rest with grey
+    wrap = img.copy()
+    wrap[60:, 12:], wrap[60:, :12] = img[60:, :-12], img[59:-1, -12:]  # blocks shifted along the rows
+    batch = np.stack([img, np.clip(tint, 0, 255).astype(np.uint8), fill, wrap])
+    scores = garbled_scores(batch)
+    passed = {name: list(s > GARBLED_THRESHOLDS[name]) for name, s in scores.items()}
+    assert not any(p[0] for p in passed.values())
+    assert passed["colour_step"][1] and not passed["row_seam"][1]  # too soft for the row seam alone
+    assert passed["flat_rows"][2] and passed["column_seam"][3]
+    assert list(garbled(batch)) == [False, True, True, True]

@@ -6,6 +6,8 @@ far more than the rows around it. The score is the strongest row-to-row change d
 median change of its neighbouring rows, measured on the resized crop before the centre crop (a
 seam near the border would otherwise be cut away). At 128 px: the 36 clean Matek samples score
 <= 1.47, the 8 known-bad ones >= 3.94, and 2,000 clean PBC crops <= 2.42; the threshold is 3.0.
+It is one of the four traces that ``garbled.py`` looks for (the row seam misses about half of
+damaged crops that are not as plain as those 8: a shift sideways, a soft change of colour).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def decode(blobs: list[bytes], resize: int, batch: int = 64) -> Decodes:
     it failed) and its error (None where it decoded)."""
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-    pipe = CropPipeline(PipelineSpec(resize, resize, (0.5,) * 3, (0.25,) * 3, batch_size=batch, qc_output=True))
+    pipe = CropPipeline(PipelineSpec(resize, resize, (0.5,) * 3, (0.25,) * 3, batch_size=batch, qc_output=True, qc_size=resize))
     images: list[np.ndarray | None] = [None] * len(blobs)
     shapes: list[tuple[int, int, int] | None] = [None] * len(blobs)
     errors: list[str | None] = [None] * len(blobs)

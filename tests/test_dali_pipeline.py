@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+from bmengine.engine.preprocess.dali_pipeline import QC_SIZE, CropPipeline, PipelineSpec
 from conftest import pbc_files
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -59,7 +59,7 @@ def test_a_decoded_batch_survives_the_next_decodes():
     others = [[f.read_bytes() for f in pbc_files(cls, 8)] for cls in ("lymphocyte", "platelet", "eosinophil")]
     kept = pipe.decode(first)
     pixels, qc = kept.pixels.copy(), kept.qc.copy()
-    assert qc.shape == (8, 72, 72, 3) and qc.dtype == np.uint8
+    assert qc.shape == (8, QC_SIZE, QC_SIZE, 3) and qc.dtype == np.uint8  # QC keeps its own size
     for crops in others:
         later = pipe.decode(crops)
         assert not np.array_equal(later.pixels, pixels) and not np.array_equal(later.qc, qc)

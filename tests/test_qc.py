@@ -11,7 +11,7 @@ from conftest import BM, pbc_files
 
 
 def _decode_for_qc(blobs):
-    pipe = CropPipeline(PipelineSpec(128, 112, (0.5,) * 3, (0.25,) * 3, batch_size=64, qc_output=True))
+    pipe = CropPipeline(PipelineSpec(128, 112, (0.5,) * 3, (0.25,) * 3, batch_size=64, qc_output=True, qc_size=128))
     decoded = pipe.decode(blobs)
     assert decoded.good == list(range(len(blobs)))  # no decode error: the damage is silent
     return decoded.qc

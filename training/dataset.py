@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from bmengine.engine.labels import LabelMap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -23,24 +27,30 @@ class ImageFolder:
     labels: np.ndarray
 
     @classmethod
-    def scan(cls, root: Path, classes: tuple[str, ...] | None = None) -> "ImageFolder":
+    def scan(cls, root: Path, classes: tuple[str, ...] | None = None, label_map: "LabelMap | None" = None) -> "ImageFolder":
+        """Files in class order, each class's folders and files sorted (the order fixes the split).
+
+        ``label_map`` names the model class of each folder (a folder mapped to no class is skipped).
+        """
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: dataset folder not found")
         found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if label_map is not None:
+            found = [name for name in found if not label_map.ignored(name)]
+        target = {name: label_map(name) if label_map is not None else name for name in found}
         if classes is None:
             classes = tuple(found)
-        elif unknown := sorted(set(found) - set(classes)):
-            raise ValueError(f"{root}: class folders {unknown} are not in the model's class list")
+        elif unknown := sorted(name for name in found if target[name] not in classes):
+            hint = "" if label_map is not None else " (map your folder names with --label-map)"
+            raise ValueError(f"{root}: class folders {unknown} are not in the model's class list{hint}")
         files, labels = [], []
         for label, name in enumerate(classes):
-            folder = root / name
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                    files.append(path)
-                    labels.append(label)
+            for folder_name in (f for f in found if target[f] == name):
+                for path in sorted((root / folder_name).rglob("*")):
+                    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                        files.append(path)
+                        labels.append(label)
         if not files:
             raise ValueError(f"{root}: no images found in class sub-folders")
         return cls(root, tuple(classes), tuple(files), np.asarray(labels, dtype=np.int64))

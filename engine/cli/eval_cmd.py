@@ -11,11 +11,12 @@ import typer
 if TYPE_CHECKING:
     import numpy as np
 
-from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
+from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, LabelMapOption, ModelOption, ThreadsOption
 
 
 def evaluate(
-    folder: Annotated[Path, typer.Argument(help="Class-per-folder dataset; folder names must be model classes.")],
+    folder: Annotated[Path, typer.Argument(help="Class-per-folder dataset; folder names must be model classes "
+                                           "(or mapped to them with --label-map).")],
     model: ModelOption = DEFAULT_MODEL_PATH,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write confusion matrix (CSV, PNG) and PR curves here.")] = None,
@@ -23,16 +24,19 @@ def evaluate(
                                            "(the split its card records: seed and validation fraction).")] = False,
     batch_size: BatchOption = 64,
     threads: ThreadsOption = 2,
+    label_map: LabelMapOption = None,
 ) -> None:
     """Accuracy, macro P/R/F1, per-class F1 and the confusion matrix of MODEL on FOLDER."""
     from bmengine.engine.backends import BackendOptions, load_backend
     from bmengine.engine.evaluate import evaluate_files
+    from bmengine.engine.labels import LabelMap
     from bmengine.engine.model.card import ModelCardError
     from bmengine.training.dataset import ImageFolder
 
     try:
         backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
-        data = ImageFolder.scan(folder, tuple(backend.card.classes))
+        labels_of = LabelMap.load(label_map, backend.card.classes) if label_map is not None else None
+        data = ImageFolder.scan(folder, tuple(backend.card.classes), label_map=labels_of)
         files, labels = list(data.files), data.labels
         if held_out:
             files, labels = _held_out(data, backend.card.training, model)

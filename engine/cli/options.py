@@ -34,3 +34,6 @@ CropOption = Annotated[int, typer.Option(help="Network input size (random crop i
 SeedOption = Annotated[int, typer.Option(help="Seed of the stratified split and the run.")]
 LimitPerClassOption = Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")]
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")]
+LabelMapOption = Annotated[Optional[Path], typer.Option(
+    "--label-map", help="CSV source,model_class: your label (folder) names -> the model's classes; "
+    "an empty model_class leaves that label out of scoring.")]

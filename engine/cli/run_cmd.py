@@ -12,6 +12,7 @@ from bmengine.engine.cli.console import LOG_NAME, esc, route_noise_to_log, writa
 from bmengine.engine.cli.options import (
     DEFAULT_MODEL_PATH,
     BatchOption,
+    LabelMapOption,
     MaxCropBytesOption,
     MaxCropPixelsOption,
     ModelOption,
@@ -70,6 +71,7 @@ def run(
     device_id: Annotated[int, typer.Option(min=0, help="GPU to use for .plan models.")] = 0,
     max_crop_bytes: MaxCropBytesOption = DEFAULT_MAX_CROP_BYTES,
     max_crop_pixels: MaxCropPixelsOption = DEFAULT_MAX_CROP_PIXELS,
+    label_map: LabelMapOption = None,
 ) -> None:
     """Classify every cell of every slide; write cells tables, differentials, plots, report, run.json.
 
@@ -81,14 +83,14 @@ def run(
 
     from bmengine.engine.store.limits import InputLimits
 
-    console = Console(stderr=True)
-    if (problem := _input_problem(slides_dir, model) or writable_dir_problem(out)) is not None:
+    console = Console(stderr=True, soft_wrap=True)
+    if (problem := _input_problem(slides_dir, model, label_map) or writable_dir_problem(out)) is not None:
         console.print(f"[red]error:[/] {esc(problem)}")
         raise typer.Exit(EXIT_USAGE)
-    console = Console(file=route_noise_to_log(out / LOG_NAME), highlight=False)
+    console = Console(file=route_noise_to_log(out / LOG_NAME), highlight=False, soft_wrap=True)  # grep-able lines
     limits = InputLimits(max_crop_bytes=max_crop_bytes, max_crop_pixels=max_crop_pixels)
     try:
-        result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, console)
+        result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, console)
     except typer.Exit:
         raise
     except Exception as exc:  # an engine bug: say so plainly, keep the traceback in the log
@@ -98,20 +100,23 @@ def run(
     raise typer.Exit(result.exit_code)
 
 
-def _input_problem(slides_dir: Path, model: Path) -> str | None:
-    """Check the model bundle and the slide folder before anything is created (OUT included)."""
+def _input_problem(slides_dir: Path, model: Path, label_map: Path | None) -> str | None:
+    """Check the model bundle, the label map and the slide folder before anything is created (OUT included)."""
+    from bmengine.engine.labels import LabelMap, LabelMapError
     from bmengine.engine.model.card import ModelCardError, load_card
     from bmengine.engine.store import SlideStoreError, find_slide_stores
 
     try:
-        load_card(model)
+        card = load_card(model)
+        if label_map is not None:
+            LabelMap.load(label_map, card.classes)
         find_slide_stores(slides_dir)
-    except (ModelCardError, SlideStoreError) as exc:
+    except (ModelCardError, SlideStoreError, LabelMapError) as exc:
         return str(exc)
     return None
 
 
-def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, console):
+def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from bmengine.engine.model.card import ModelCardError
@@ -119,7 +124,7 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     from bmengine.engine.store import SlideStoreError
 
     cfg = RunConfig(slides_dir=slides_dir, model=model, out_dir=out, batch_size=batch_size, threads=threads,
-                    scheduler=scheduler, device_id=device_id, limits=limits)
+                    scheduler=scheduler, device_id=device_id, limits=limits, label_map=label_map)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"),
                TimeRemainingColumn())
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from bmengine.engine.backends.base import Backend
+from bmengine.engine.labels import LabelMap
 from bmengine.engine.pipeline.reader import CropBatch, DaskCropReader
 from bmengine.engine.pipeline.stages import run_ahead
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline
@@ -94,8 +95,14 @@ def classify_slide(
     return SlideResult(probs, errors, qc_flags)
 
 
-def cells_table(store, result: SlideResult, classes: list[str]) -> pd.DataFrame:
-    """One row per crop, in store order; failed crops keep their row with the error."""
+def cells_table(store, result: SlideResult, classes: list[str], label_map: LabelMap | None = None) -> pd.DataFrame:
+    """One row per crop, in store order; failed crops keep their row with the error.
+
+    ``label`` is the store's label in the model's class names (through ``label_map``); a label the
+    map leaves out becomes empty (not scored).
+    """
+    label_map = label_map or LabelMap()
+    labels = [None if label is None or label_map.ignored(label) else label_map(label) for label in store.labels()]
     failed = np.isnan(result.probs).any(axis=1)
     best = np.nan_to_num(result.probs, nan=-1.0).argmax(axis=1)
     predicted = np.asarray(classes, dtype=object)[best]
@@ -106,7 +113,7 @@ def cells_table(store, result: SlideResult, classes: list[str]) -> pd.DataFrame:
         {
             "cell_index": np.arange(store.n_cells, dtype=np.int64),
             "source": store.sources(),
-            "label": store.labels(),
+            "label": labels,
             "predicted": predicted,
             "confidence": confidence,
         }

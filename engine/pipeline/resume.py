@@ -11,7 +11,8 @@ result (docs/architecture.md, "Resume"):
   later), so an edited card -- or one restored after an edit -- is redone;
 - ``RESULTS_VERSION``: bumped whenever the engine changes what a crop's result is (QC rules,
   decoding, limits semantics), not on every release;
-- the input limits, which decide which crops are refused.
+- the input limits, which decide which crops are refused;
+- the label map (``--label-map``), which decides the label and agreement columns.
 
 A slide whose crops hit store damage is never "done": the damage may be repaired in place.
 Anything less than done and the slide is redone from scratch, replacing its files: no cell is lost
@@ -39,6 +40,7 @@ class ResumeKey:
     card_sha256: str
     results_version: int
     limits: dict
+    label_map: dict  # the stores' labels -> model classes (changes the label and agreement columns)
 
     @property
     def digest(self) -> str:
@@ -49,7 +51,7 @@ class ResumeKey:
         old = record.get("resume") or {}
         words = {"store_hash": "the slide store", "model_sha256": "the model weights",
                  "card_sha256": "the model card", "results_version": "the engine's results version",
-                 "limits": "the input limits"}
+                 "limits": "the input limits", "label_map": "the label map"}
         return [text for name, text in words.items() if old.get(name) != getattr(self, name)]
 
 
@@ -59,8 +61,9 @@ def card_digest(card_path: Path) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def resume_key(store_hash: str, model_sha256: str, card_sha256: str, limits: InputLimits) -> ResumeKey:
-    return ResumeKey(store_hash, model_sha256, card_sha256, RESULTS_VERSION, asdict(limits))
+def resume_key(store_hash: str, model_sha256: str, card_sha256: str, limits: InputLimits,
+               label_map: dict | None = None) -> ResumeKey:
+    return ResumeKey(store_hash, model_sha256, card_sha256, RESULTS_VERSION, asdict(limits), dict(label_map or {}))
 
 
 def finished_record(slide_dir: Path, key: ResumeKey) -> tuple[dict | None, str | None]:

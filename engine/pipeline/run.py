@@ -23,6 +23,7 @@ from bmengine.engine.outputs.atomic import atomic_path, atomic_write_text
 from bmengine.engine.pipeline import resume
 from bmengine.engine.pipeline.classify import cells_table, classify_slide
 from bmengine.engine.pipeline.reader import DaskCropReader
+from bmengine.engine.labels import LabelMap, foreign_labels
 from bmengine.engine.model.card import card_path_for
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 from bmengine.engine.store.limits import InputLimits
@@ -42,6 +43,7 @@ class RunConfig:
     scheduler: str | None = None  # Dask scheduler address; None = a local cluster in this process
     device_id: int = 0
     limits: InputLimits = field(default_factory=InputLimits)
+    label_map: Path | None = None  # CSV source,model_class for the stores' labels (see engine/labels.py)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def __post_init__(self) -> None:
@@ -107,7 +109,7 @@ def _error_examples(cells, limit: int = ERROR_EXAMPLES) -> list[str]:
 
 
 def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, backend: Backend, taxonomy,
-                   progress: Progress, model_info: dict) -> tuple[dict, object]:
+                   progress: Progress, model_info: dict, label_map: LabelMap) -> tuple[dict, object]:
     from bmengine.engine.outputs.differential import summarize_slide
     from bmengine.engine.outputs.plots import plot_histogram
 
@@ -115,7 +117,7 @@ def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, bac
     slide_dir.mkdir(parents=True, exist_ok=True)
     result = classify_slide(store, reader, pipeline, backend, cfg.batch_size, on_batch=progress.crops_done,
                             limits=cfg.limits)
-    cells = cells_table(store, result, list(backend.card.classes))
+    cells = cells_table(store, result, list(backend.card.classes), label_map)
     with atomic_path(slide_dir / "cells.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
     row = summarize_slide(store.slide_id, cells, taxonomy, patient_id=store.patient_id)
@@ -163,6 +165,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                                          batch_size=cfg.batch_size, num_threads=cfg.threads, device_id=cfg.device_id,
                                          qc_output=True), limits=cfg.limits)
     card_sha256 = resume.card_digest(card_path_for(Path(cfg.model)))
+    label_map = LabelMap.load(cfg.label_map, card.classes) if cfg.label_map is not None else LabelMap()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
 
     opened: list[tuple[Path, object | None, str | None]] = []
@@ -193,7 +196,12 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                 continue
             slide_dir = cfg.out_dir / slide_id
             status.n_crops = store.n_cells
-            key = resume.resume_key(store.content_hash(), card.weights_sha256, card_sha256, cfg.limits)
+            if foreign := foreign_labels(store.label_names, card.classes, label_map):
+                warnings.append(f"{slide_id}: labels {', '.join(foreign)} are not classes of model {card.name!r}; "
+                                "those crops are not scored against their labels (map them with --label-map)")
+                progress.warning(warnings[-1])
+            key = resume.resume_key(store.content_hash(), card.weights_sha256, card_sha256, cfg.limits,
+                                    label_map.mapping)
             done, status.redo_reason = resume.finished_record(slide_dir, key)
             if done is not None:
                 status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
@@ -207,7 +215,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
             t_slide = time.perf_counter()
             try:
                 row, cells = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
-                                            progress, model_info)
+                                            progress, model_info, label_map)
             except Exception as exc:
                 status.error = f"{type(exc).__name__}: {exc}"
                 status.seconds = time.perf_counter() - t_slide

@@ -16,6 +16,9 @@ import numpy as np
 from bmengine.engine.store.limits import InputLimits
 
 Device = Literal["cpu", "gpu"]
+# The QC checks (engine/qc) were tuned on 144 px images; below 128 px they lose damage (see
+# benchmarks/results/qc-damaged-jpeg-corpus.md), so the QC image has its own fixed size.
+QC_SIZE = 144
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class PipelineSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     normalize: bool = True  # False: uint8 HWC after the crop (trainer's cache)
-    qc_output: bool = False  # also return the resized, uncropped uint8 image for quality checks
+    qc_output: bool = False  # also return a resized, uncropped uint8 image for quality checks
+    qc_size: int = QC_SIZE  # the QC image's side, whatever the model's input (the checks are tuned at it)
     hue_range: tuple[float, float] | None = None  # Wang et al.'s hue mapping, degrees; None = off
 
     @classmethod
@@ -48,8 +52,10 @@ def _define(spec: PipelineSpec):
     def crop_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         decoder_device = "mixed" if spec.device == "gpu" else "cpu"
-        images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
-        images = fn.resize(images, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
+        decoded = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+        images = fn.resize(decoded, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
+        qc_images = images if spec.qc_size == spec.resize else fn.resize(
+            decoded, resize_x=spec.qc_size, resize_y=spec.qc_size, antialias=True)
         model_view = hue_map_dali(images, *spec.hue_range) if spec.hue_range else images
         if spec.normalize:
             pixels = fn.crop_mirror_normalize(
@@ -60,7 +66,7 @@ def _define(spec: PipelineSpec):
                 dtype=types.FLOAT,
                 output_layout="CHW",
             )
-            return (pixels, images) if spec.qc_output else pixels
+            return (pixels, qc_images) if spec.qc_output else pixels
         return fn.crop(model_view, crop=(spec.crop, spec.crop), out_of_bounds_policy="trim_to_shape")
 
     device_id = spec.device_id if spec.device == "gpu" else None

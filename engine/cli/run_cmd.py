@@ -54,6 +54,8 @@ class _RichProgress:
             word += f" (redone: {esc(status.redo_reason)})"
         self.console.print(f"[{style}]{esc(status.slide_id)}[/]: {word} "
                            f"({status.n_crops} crops, {status.seconds:.1f}s){extra}")
+        if status.domain_warning:
+            self.console.print(f"    [bold yellow]domain warning:[/] {esc(status.domain_warning)}")
         for example in status.error_examples:
             self.console.print(f"    {esc(example)}")
         if status.n_errors > len(status.error_examples):

@@ -152,9 +152,44 @@ def _check_predictions(counted: pd.DataFrame, taxonomy: Taxonomy) -> None:
         raise ValueError(f"predicted classes not in taxonomy {taxonomy.name!r}: {sorted(unknown)}")
 
 
+UNKNOWN_FLAG = "unknown"  # the model's out-of-distribution flag (its card's `ood` threshold)
+
+
+def _unknown_columns(cells: pd.DataFrame, error: np.ndarray) -> dict:
+    """Crops the model itself says are unlike its training data, among those it classified."""
+    flags = cells["qc_flags"] if "qc_flags" in cells else pd.Series([""] * len(cells), index=cells.index)
+    named = [isinstance(value, str) and UNKNOWN_FLAG in value.split(";") for value in flags]
+    unknown = (~error) & np.asarray(named, dtype=bool)
+    classified = int((~error).sum())
+    return {"n_unknown": int(unknown.sum()), "pct_unknown": _pct(int(unknown.sum()), classified)}
+
+
+def _adjusted_columns(counts: dict[str, int], taxonomy: Taxonomy, confusion, confidence: float) -> dict:
+    """Misclassification-adjusted percentages and intervals (engine/outputs/adjusted.py); NaN
+    without a confusion matrix in the model card or without counted cells."""
+    from bmengine.engine.outputs.adjusted import adjusted_proportions
+
+    classes = taxonomy.classes
+    if confusion is None or not sum(counts.values()):
+        estimate = low = high = np.full(len(classes), np.nan)
+    else:
+        base = np.array([c in taxonomy.counted for c in classes])
+        estimate, low, high = adjusted_proportions(np.array([counts[c] for c in classes]), np.asarray(confusion),
+                                                   confidence, base=base)
+    cols: dict[str, float] = {}
+    for name, values in (("adj_pct", estimate), ("adj_ci_low", low), ("adj_ci_high", high)):
+        for c, v in zip(classes, values):
+            cols[f"{name}_{c}"] = float(100.0 * v)
+    return cols
+
+
 def summarize_slide(slide_id: str, cells: pd.DataFrame, taxonomy: Taxonomy, *, patient_id: str | None = None,
-                    confidence: float = 0.95) -> dict:
-    """One flat, JSON-safe row (plain int/float/str) with the slide's differential; see the module doc."""
+                    confidence: float = 0.95, confusion=None) -> dict:
+    """One flat, JSON-safe row (plain int/float/str) with the slide's differential; see the module doc.
+
+    ``confusion``: the model's validation confusion matrix (rows true, columns predicted, in the
+    taxonomy's class order) for the misclassification-adjusted columns ``adj_*``.
+    """
     error, flagged, counted_mask = cell_masks(cells)
     counted = cells[counted_mask]
     _check_predictions(counted, taxonomy)
@@ -169,8 +204,10 @@ def summarize_slide(slide_id: str, cells: pd.DataFrame, taxonomy: Taxonomy, *, p
         "n_flagged": int(flagged.sum()),
         "n_cells": int(counted_mask.sum()),
         "n_base": int(sum(counts[c] for c in taxonomy.counted)),
+        **_unknown_columns(cells, error),
     }
     row.update(_class_columns(counts, _soft_counts(counted, taxonomy.classes), taxonomy, confidence))
+    row.update(_adjusted_columns(counts, taxonomy, confusion, confidence))
     row.update(derived_columns(counts, taxonomy, confidence))
     row["qc_flag_counts"] = _flag_summary(cells, flagged)
     if "label" in cells and not _is_blank(cells["label"]).all():

@@ -34,6 +34,7 @@ tr.excluded td { color: #666; background: #fafafa; }
 .meta td:first-child { text-align: left; font-weight: bold; background: #f8f9fa; }
 .mono { font-family: Menlo, Consolas, monospace; font-size: 0.85em; word-break: break-all; }
 .note { color: #555; font-size: 0.85em; } img { max-width: 100%; border: 1px solid #eee; }
+.domain-warning { background: #fff3cd; border-left: 4px solid #b58105; padding: 0.5em; }
 pre.error { background: #fff4f4; border-left: 3px solid #b02a37; padding: 0.5em; white-space: pre-wrap; }
 """
 
@@ -149,19 +150,25 @@ def _display_order(taxonomy: Taxonomy) -> list[str]:
 
 def _class_table(row: dict, taxonomy: Taxonomy, truth: dict[str, float] | None, source: str) -> str:
     level = round(100 * _num(row.get("ci_level", 0.95)))
-    header = ["Class", "Count", "%", f"{level}% CI"] + ([f"Known % ({_e(source)})"] if truth else []) + ["Soft %"]
+    adjusted = math.isfinite(_num(row.get(f"adj_pct_{taxonomy.classes[0]}")))
+    header = ["Class", "Count", "%", f"{level}% CI"] + (["Adjusted %", f"{level}% CI incl. model error"] if adjusted else [])
+    header += ([f"Known % ({_e(source)})"] if truth else []) + ["Soft %"]
     body = []
     for c in _display_order(taxonomy):
         name = _e(c) + (f" <span class='note'>({_e(taxonomy.class_descriptions[c])})</span>"
                         if taxonomy.class_descriptions.get(c, c) != c else "")
         cells = [name, _e(row.get(f"count_{c}", 0)), fmt_pct(row.get(f"pct_{c}")),
                  fmt_ci(row.get(f"ci_low_{c}"), row.get(f"ci_high_{c}"))]
+        if adjusted:
+            cells += [fmt_pct(row.get(f"adj_pct_{c}")), fmt_ci(row.get(f"adj_ci_low_{c}"), row.get(f"adj_ci_high_{c}"))]
         cells += [fmt_pct(truth.get(c))] if truth else []
         cells.append(fmt_pct(row.get(f"soft_pct_{c}")))
         body.append(_tr(cells, cls="excluded" if c in taxonomy.excluded else ""))
     note = ("<p class='note'>% = per 100 base cells (" + _e(taxonomy.base_description or "the differential base")
             + "). Grey rows are outside the base and reported per 100 base cells. CI: exact Clopper-Pearson "
-            "(CLSI H20-A2 / Rümke). Soft %: model probabilities summed over counted cells.</p>")
+            "(CLSI H20-A2 / Rümke), sampling error only. Adjusted %: corrected for the model's own "
+            "misclassification rates on its validation split, with an interval that carries both sampling "
+            "and model error (docs/differential.md). Soft %: model probabilities summed over counted cells.</p>")
     return _table(header, body) + note
 
 
@@ -185,6 +192,8 @@ def _counts_line(row: dict, status: dict) -> str:
     parts = [f"{_e(row.get('n_crops'))} crops", f"{_e(row.get('n_cells'))} counted",
              f"{_e(row.get('n_base'))} in the base", f"{_e(row.get('n_errors'))} errors",
              f"{_e(row.get('n_flagged'))} QC-flagged"]
+    if row.get("n_unknown"):
+        parts.insert(-1, f"{_e(row.get('n_unknown'))} unlike the training data ({fmt_pct(row.get('pct_unknown'))}%)")
     if row.get("qc_flag_counts"):
         parts[-1] += f" ({_e(row['qc_flag_counts'])})"
     if math.isfinite(_num(row.get("agreement"))):
@@ -201,8 +210,10 @@ def _slide_section(index: int, slide_id: str, row: dict, status: dict, taxonomy:
     png = histogram_png(row, taxonomy, f"{slide_id} ({row.get('n_cells', 0)} cells counted)", known)
     image = f'<img alt="cell histogram of {_e(slide_id)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
     patient = f" {DASH} patient {_e(row['patient_id'])}" if row.get("patient_id") else ""
+    warning = (f"<p class='domain-warning'><b>Domain warning:</b> {_e(row['domain_warning'])}</p>"
+               if row.get("domain_warning") else "")
     return (f'<section id="slide-{index}"><h2>{_e(slide_id)}{patient} {_status(status.get("status", "ok"))}</h2>'
-            + _counts_line(row, status) + image + _class_table(row, taxonomy, known, source)
+            + warning + _counts_line(row, status) + image + _class_table(row, taxonomy, known, source)
             + _derived_table(row, taxonomy, known) + "</section>")
 
 

@@ -25,6 +25,7 @@ from bmengine.engine.pipeline.classify import cells_table, classify_slide
 from bmengine.engine.pipeline.reader import DaskCropReader
 from bmengine.engine.labels import LabelMap, foreign_labels
 from bmengine.engine.model.card import card_path_for
+from bmengine.engine.outputs.domain import domain_warning
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 from bmengine.engine.store.limits import InputLimits
 
@@ -64,6 +65,7 @@ class SlideStatus:
     error: str | None = None
     error_examples: list[str] = field(default_factory=list)  # the first few unreadable crops: "source: why"
     redo_reason: str | None = None  # why a slide with a marker from an earlier run was redone
+    domain_warning: str = ""  # the model may not apply to this slide (engine/outputs/domain.py)
 
 
 @dataclass
@@ -120,7 +122,12 @@ def _process_slide(store, slide_dir: Path, cfg: RunConfig, reader, pipeline, bac
     cells = cells_table(store, result, list(backend.card.classes), label_map)
     with atomic_path(slide_dir / "cells.parquet") as tmp:
         cells.to_parquet(tmp, index=False)
-    row = summarize_slide(store.slide_id, cells, taxonomy, patient_id=store.patient_id)
+    validation = (backend.card.metrics or {}).get("validation") or {}
+    row = summarize_slide(store.slide_id, cells, taxonomy, patient_id=store.patient_id,
+                          confusion=validation.get("confusion_matrix"))
+    ood = getattr(backend.card, "ood", None) or {}
+    row["domain_warning"] = domain_warning(row["n_unknown"], row["n_crops"] - row["n_errors"],
+                                           ood.get("false_flag_rate"))
     row["model_sha256"] = model_info["sha256"]
     row["bmengine_version"] = __version__
     known = store.provenance.get("known_mixture_pct")
@@ -206,6 +213,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
             if done is not None:
                 status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
                 status.error_examples = list(done.get("error_examples") or [])
+                status.domain_warning = done["row"].get("domain_warning", "")
                 rows.append(done["row"])
                 statuses.append(status)
                 progress.crops_done(store.n_cells)
@@ -224,6 +232,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                 errors = cells["error"].dropna().astype(str)
                 status.status, status.n_errors = "ok", int(len(errors))
                 status.error_examples = _error_examples(cells)
+                status.domain_warning = row["domain_warning"]
                 status.seconds = time.perf_counter() - t_slide
                 crops_classified += store.n_cells
                 classify_seconds += status.seconds

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import binom
+from scipy.special import bdtrc  # binomial upper tail; scipy.stats costs seconds to import
 
 SIGNIFICANCE = 1e-3
 
@@ -22,7 +22,7 @@ def domain_warning(n_unknown: int, n_classified: int, rate: float | None) -> str
     """The warning sentence for a slide, or "" when its unknown share is what the model expects."""
     if rate is None or not n_classified or not math.isfinite(rate):
         return ""
-    if binom.sf(n_unknown - 1, n_classified, rate) >= SIGNIFICANCE:  # P(X >= n_unknown) under the expected rate
+    if n_unknown == 0 or bdtrc(n_unknown - 1, n_classified, rate) >= SIGNIFICANCE:  # P(X >= n_unknown)
         return ""
     share = 100.0 * n_unknown / n_classified
     return (f"{share:.0f}% of this slide's crops ({n_unknown} of {n_classified}) look unlike the model's training "

@@ -12,6 +12,7 @@ from bmengine.engine.cli import (
     explain_cmd,
     eval_cmd,
     export_cmd,
+    finetune_cmd,
     ingest_cmd,
     run_cmd,
     samples_cmd,
@@ -34,7 +35,7 @@ def _root() -> None:
 
 
 for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
-               compile_cmd, ablate_cmd, explain_cmd):
+               compile_cmd, ablate_cmd, explain_cmd, finetune_cmd):
     module.register(app)
 
 

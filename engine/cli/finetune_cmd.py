@@ -1,0 +1,48 @@
+"""``bmengine finetune``: adapt a trained model to a lab's own labelled crops ([train] extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from bmengine.engine.cli.options import LabelMapOption, SeedOption
+
+
+def finetune(
+    checkpoint: Annotated[Path, typer.Argument(help="Trainer checkpoint of the model (RUN/checkpoints/last.pt).")],
+    data_dir: Annotated[Path, typer.Argument(help="The lab's labelled crops, one folder per label.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder for the fine-tuned model.")],
+    label_map: LabelMapOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Fine-tuning epochs (a few hundred crops make a few steps each).")] = 30,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (a fraction of training's).")] = 3e-4,
+    val_fraction: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of the lab's crops held out "
+                                                "for scoring (stratified), never trained on.")] = 0.5,
+    seed: SeedOption = 0,
+    name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
+) -> None:
+    """Train CHECKPOINT further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
+    lab's held-out score and the original validation split's."""
+    from bmengine.engine.labels import LabelMapError
+    from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.finetune import FinetuneConfig, finetune as run_finetune
+
+    if not checkpoint.is_file():
+        typer.echo(f"error: {checkpoint}: checkpoint not found (fine-tuning needs the trainer checkpoint a model "
+                   "was exported from, e.g. runs/default-pbc-coatnet/checkpoints/last.pt from `make default-model`)",
+                   err=True)
+        raise typer.Exit(2)
+    cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
+                         val_fraction=val_fraction, seed=seed, name=name)
+    try:
+        paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))
+    except (UnsafeCheckpointError, LabelMapError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for precision, path in paths.items():
+        typer.echo(f"{precision}: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune")(finetune)

@@ -1,0 +1,118 @@
+"""Lab adaptation: a trained model, a few hundred labelled crops from the lab, a short training.
+
+Published cross-site work (Chossegros et al. 2024) reached > 80% on every target set with colour
+standardisation plus fine-tuning on <= 100 labelled target images. ``bmengine finetune`` starts
+from a trainer checkpoint, trains on the lab's class-per-folder crops (folder names mapped to the
+model's classes with ``--label-map``) with a stratified part held out, exports ONNX with a card,
+and records in that card both validation sets: the lab's held-out crops and the original
+training data's validation split (when its folder is still there), so a lab sees what it gained
+and what it may have lost.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+from bmengine.training.checkpoint import load_checkpoint
+from bmengine.training.trainer import TrainConfig, _limit, train
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: Path  # the trainer checkpoint the model was exported from
+    data_dir: Path  # the lab's crops, one folder per label
+    run_dir: Path
+    label_map: Path | None = None
+    epochs: int = 30  # a few hundred crops make only a few steps per epoch
+    lr: float = 3e-4  # a fraction of training's 2e-3: adapt, do not forget
+    batch_size: int = 16
+    val_fraction: float = 0.5  # of the lab's crops, never trained on: the lab's own score
+    seed: int = 0
+    name: str | None = None
+
+
+def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_map) -> Path:
+    """``view/<model class>/<folder>__<file>``: links to the lab's crops under the model's class names.
+
+    Folders the map leaves out are skipped; a folder that maps to no class of the model is an error.
+    """
+    from bmengine.training.dataset import IMAGE_SUFFIXES
+
+    data_dir = Path(data_dir)
+    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [f.name for f in folders if not label_map.ignored(f.name) and label_map(f.name) not in classes]
+    if unknown:
+        raise ValueError(f"{data_dir}: folders {unknown} are not classes of the model; map them with --label-map "
+                         "(source,model_class; an empty model_class skips a folder)")
+    for folder in folders:
+        if label_map.ignored(folder.name):
+            continue
+        target = view / label_map(folder.name)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.rglob("*")):
+            link = target / f"{folder.name}__{path.relative_to(folder).as_posix().replace('/', '__')}"
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file() and not link.exists():
+                os.symlink(path.resolve(), link)
+    return view
+
+
+def finetune_config(cfg: FinetuneConfig, base: dict, taxonomy: str, data_view: Path) -> TrainConfig:
+    """The base run's recipe (architecture, sizes, normalisation, augmentation), a fine-tuning budget."""
+    known = {f.name for f in fields(TrainConfig)}
+    recipe = {k: v for k, v in base.items() if k in known}
+    recipe.update(data_dir=str(data_view), run_dir=str(cfg.run_dir), taxonomy=taxonomy, epochs=cfg.epochs,
+                  lr=cfg.lr, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                  warmup_epochs=0.0, init_from=str(cfg.checkpoint), balance_to=None, limit_per_class=None,
+                  max_steps_per_epoch=None, cache_dir=None)
+    for key in ("mean", "std", "hue_range"):
+        if isinstance(recipe.get(key), list):
+            recipe[key] = tuple(recipe[key])
+    return TrainConfig(**recipe)
+
+
+def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Train, export (fp32 + int8 with cards) and score on the base validation split too."""
+    from bmengine.engine.labels import LabelMap
+    from bmengine.training.export import ExportConfig, export
+
+    state = load_checkpoint(cfg.checkpoint, require=("model", "model_spec", "config", "classes", "taxonomy"))
+    classes = tuple(state["classes"])
+    label_map = LabelMap.load(cfg.label_map, classes) if cfg.label_map else LabelMap()
+    view = labelled_view(cfg.data_dir, Path(cfg.run_dir) / "lab-data", classes, label_map)
+    tcfg = finetune_config(cfg, state["config"], state["taxonomy"], view)
+    summary = train(tcfg, resume=True, log=log)
+    log(f"fine-tuned: best lab-validation macro-F1 {summary['best_macro_f1']:.4f}")
+    out = Path(cfg.run_dir) / "export" / f"{cfg.name or Path(cfg.run_dir).name}.onnx"
+    paths = export(ExportConfig(Path(cfg.run_dir) / "checkpoints" / "last.pt", out, name=cfg.name), log=log)
+    for path in paths.values():
+        _record_base(path, state, cfg, log)
+    return paths
+
+
+def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: Callable[[str], None]) -> None:
+    """Add to the card where the model came from and how it scores on the original validation split."""
+    from bmengine.engine.backends import BackendOptions, load_backend
+    from bmengine.engine.evaluate import evaluate_files
+    from bmengine.engine.model.card import load_card, sha256_of, write_card
+    from bmengine.training.dataset import ImageFolder, stratified_split
+
+    card = load_card(model_path)
+    base = base_state["config"]
+    card.training["finetuned_from"] = {"checkpoint": str(cfg.checkpoint), "sha256": sha256_of(cfg.checkpoint),
+                                       "lab_data": str(cfg.data_dir),
+                                       "label_map": str(cfg.label_map) if cfg.label_map else None}
+    data_dir = Path(base.get("data_dir", ""))
+    if data_dir.is_dir():
+        data = _limit(ImageFolder.scan(data_dir, tuple(card.classes)), base.get("limit_per_class"), int(base["seed"]))
+        _, val = stratified_split(data.labels, float(base["val_fraction"]), int(base["seed"]))  # as the trainer drew it
+        backend = load_backend(model_path, BackendOptions())
+        report = evaluate_files(backend, [data.files[i] for i in val], data.labels[val])
+        card.metrics["base_validation"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class_f1")}
+        card.metrics["base_validation_split"] = f"{data_dir}: seed {base['seed']}, val_fraction {base['val_fraction']}"
+        log(f"{model_path.name}: original validation macro-F1 {report['macro_f1']:.4f}")
+    else:
+        card.metrics["base_validation"] = {"not_measured": f"{data_dir} is not on this machine"}
+    write_card(card, model_path)

@@ -6,7 +6,7 @@ What ``bmengine eval`` reports is therefore what ``bmengine run`` does, int8 and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -15,14 +15,23 @@ from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 from bmengine.engine.store.limits import InputLimits, read_regular_file
 
 
-def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
-    """Probabilities (N, C) for image files; rows of files that fail to decode are NaN."""
+class FileScores(NamedTuple):
+    values: np.ndarray  # (N, C): probabilities (``infer``) or raw logits (``forward``); NaN rows failed
+    ood_score: np.ndarray  # (N,): the model's OOD score; NaN for failed files and models without one
+    errors: list[str | None]
+
+
+def score_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
+                progress: Callable[[int], None] | None = None, raw: bool = False) -> FileScores:
+    """Calibrated probabilities (``raw``: the logits before calibration) and OOD scores for image
+    files, through the engine's own decoding; rows of files that fail to decode are NaN."""
     prep = backend.card.preprocessing
     pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
                                          batch_size=batch_size, num_threads=threads))
     limits = InputLimits()
     probs = np.full((len(files), len(backend.card.classes)), np.nan, dtype=np.float32)
+    ood = np.full(len(files), np.nan, dtype=np.float32)
+    run = backend.forward if raw else backend.infer
     errors: list[str | None] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -33,10 +42,21 @@ def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64,
         for i, error in zip(readable, decoded.errors):
             chunk_errors[i] = error
         if decoded.good:
-            probs[start + np.asarray(readable)[np.asarray(decoded.good)]] = backend.infer(decoded.pixels)
+            rows = start + np.asarray(readable)[np.asarray(decoded.good)]
+            values, scores = run(decoded.pixels)
+            probs[rows] = values
+            if scores is not None:
+                ood[rows] = scores
         errors += [None if e is None else f"{chunk[i]}: {e}" for i, e in enumerate(chunk_errors)]
         if progress:
             progress(len(chunk))
+    return FileScores(probs, ood, errors)
+
+
+def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
+                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
+    """Probabilities (N, C) for image files; rows of files that fail to decode are NaN."""
+    probs, _, errors = score_files(backend, files, batch_size, threads, progress)
     return probs, errors
 
 
@@ -46,13 +66,15 @@ def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, 
     with ``out_dir``, also the confusion matrix (CSV + PNG) and precision-recall curves (PNG)."""
     from bmengine.engine.metrics import classification_report
 
-    probs, errors = predict_files(backend, files, **kwargs)
+    probs, ood, errors = score_files(backend, files, **kwargs)
     ok = ~np.isnan(probs).any(axis=1)
     from bmengine.engine.taxonomy import get_taxonomy
 
     report = classification_report(np.asarray(labels)[ok], probs[ok], list(backend.card.classes),
                                    taxonomy=get_taxonomy(backend.card.taxonomy))
     report["n_failed"] = int((~ok).sum())
+    if backend.card.ood and ok.any():  # share of these crops the engine would flag "unknown"
+        report["ood_flagged_share"] = float(np.mean(ood[ok] > float(backend.card.ood["threshold"])))
     if out_dir is not None:
         from bmengine.engine.outputs.evaluation import write_evaluation_figures
 

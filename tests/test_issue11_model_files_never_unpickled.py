@@ -188,7 +188,7 @@ def test_trainer_checkpoint_runs_in_the_torch_backend_as_before(trained_checkpoi
     torch.save(state["model"], tmp_path / "bare.pt")  # weights only: the card alone names the architecture
     for name in ("full.pt", "bare.pt"):
         card_beside(tmp_path / name, state)
-        got = load_backend(tmp_path / name).infer(batch)
+        got = load_backend(tmp_path / name).infer(batch).probs
         assert np.abs(expected - got).max() < 1e-4, name
 
 

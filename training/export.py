@@ -34,9 +34,15 @@ class ExportConfig:
     opset: int = 17
     name: str | None = None
     int8_ops: str = "auto"  # "auto" or a key of INT8_OP_SETS
+    ood: bool = True  # a second output, ood_score (Mahalanobis, training/ood.py), and the card's ood record
+    false_flag_rate: float = 0.05  # share of validation crops above the OOD threshold
+    ood_fit_images: int = 0  # training crops the class means/covariance are fitted on (0: all of them)
+    calibrate: bool = True  # temperature scaling fitted on the validation split (training/calibrate.py)
 
     def __post_init__(self) -> None:
         check_int8_ops(self.int8_ops)  # before the fp32 export, not after it
+        if not 0 < self.false_flag_rate <= 0.5:
+            raise ValueError(f"false_flag_rate must be in (0, 0.5], not {self.false_flag_rate}")
 
 
 # Operator sets for int8; None means every operator ONNX Runtime can quantise.
@@ -74,16 +80,70 @@ def _load(checkpoint: Path):
     return load_model(checkpoint, require=EXPORT_KEYS)
 
 
-def export_onnx(model, path: Path, crop: int, opset: int) -> None:
+def export_onnx(model, path: Path, crop: int, opset: int, outputs: tuple[str, ...] = ("logits",)) -> None:
+    """``outputs``: names of the model's outputs, in order (the first is always the logits)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, crop, crop)
     tmp = path.with_name(path.name + ".partial")
-    torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                      dynamo=False)
+    torch.onnx.export(model, (dummy,), str(tmp), input_names=["image"], output_names=list(outputs),
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                      opset_version=opset, dynamo=False)
     tmp.replace(path)
+
+
+def _onnx_outputs(path: Path, files: list[str], prep: Preprocessing,
+                  batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every output of an ONNX model for image files, through the engine's own decoding, and which
+    files decoded (the others' rows are meaningless)."""
+    import onnxruntime as ort
+
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size))
+    chunks: list[list[np.ndarray]] = []
+    ok: list[bool] = []
+    for start in range(0, len(files), batch_size):
+        batch, errors = pipeline.decode_to_numpy([Path(f).read_bytes() for f in files[start : start + batch_size]])
+        chunks.append(session.run(None, {"image": batch}))
+        ok += [e is None for e in errors]
+    return [np.concatenate(parts) for parts in zip(*chunks)], np.asarray(ok)
+
+
+def _export_with_ood(model, state: dict, cfg: "ExportConfig", prep: Preprocessing, train_files: list[str],
+                     log: Callable[[str], None]) -> dict:
+    """Fit the Mahalanobis statistics on the training split's features and export the fp32 model
+    with its second output ``ood_score`` to ``cfg.out``; returns the card's ``ood`` record (its
+    threshold is set later, per precision, on the validation split)."""
+    from bmengine.training import ood
+
+    classes = list(state["classes"])
+    files = list(train_files)
+    if cfg.ood_fit_images and len(files) > cfg.ood_fit_images:
+        files = _stratified_sample(files, _labels_for(files, classes), cfg.ood_fit_images)
+    t0 = time.perf_counter()
+    tap = cfg.out.with_name(cfg.out.stem + ".features.onnx")
+    try:
+        export_onnx(ood.feature_model(model, len(classes)), tap, prep.crop, cfg.opset, ("logits", ood.FEATURES_NAME))
+        (_, features), decoded = _onnx_outputs(tap, files, prep)
+    finally:
+        tap.unlink(missing_ok=True)
+    files = [f for f, ok in zip(files, decoded) if ok]
+    features = features[decoded]
+    stats = ood.fit_tied_gaussian(features, _labels_for(files, classes))
+    export_onnx(ood.model_with_ood(model, len(classes), stats), cfg.out, prep.crop, cfg.opset,
+                ("logits", ood.OUTPUT_NAME))
+    log(f"OOD head: class means + tied covariance of {features.shape[1]}-d features fitted on {len(files)} "
+        f"training crops (Ledoit-Wolf shrinkage {stats.shrinkage:.3f}) in {time.perf_counter() - t0:.0f}s")
+    return {"score": ood.SCORE_NAME, "output": ood.OUTPUT_NAME, "false_flag_rate": cfg.false_flag_rate,
+            "feature_dim": stats.feature_dim, "classes_fitted": [classes[i] for i in stats.class_index],
+            "shrinkage": round(stats.shrinkage, 5),
+            "fitted_on": f"class means and one shared covariance on the features of {len(files)} training-split "
+                         "crops; threshold on the validation split's scores through this model"}
 
 
 def _split_files(state: dict, checkpoint: Path) -> dict[str, list[str]]:
@@ -123,17 +183,25 @@ class _CalibrationReader:
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,
                   ops: str = "all") -> None:
+    """The OOD head (if any) stays fp32: its nodes are excluded, and its input is the float features."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from bmengine.training.ood import head_nodes, unquantise_head_inputs
+
     pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    head = head_nodes(onnx.load(str(pre), load_external_data=False).graph)
     tmp = int8_path.with_name(int8_path.name + ".partial")
     try:
         quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image"),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        op_types_to_quantize=list(INT8_OP_SETS[ops]) if INT8_OP_SETS[ops] else None)
+                        op_types_to_quantize=list(INT8_OP_SETS[ops]) if INT8_OP_SETS[ops] else None,
+                        nodes_to_exclude=head)
+        if head:
+            unquantise_head_inputs(tmp, head)
         tmp.replace(int8_path)
     finally:
         pre.unlink(missing_ok=True)
@@ -182,7 +250,11 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     """Write the fp32 ONNX (and the int8 one) with cards; returns {"fp32": path, "int8": path}."""
     from bmengine.engine.backends import BackendOptions
     from bmengine.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from bmengine.engine.evaluate import evaluate_files
+    from bmengine.engine.evaluate import score_files
+    from bmengine.engine.metrics import classification_report
+    from bmengine.engine.taxonomy import get_taxonomy
+    from bmengine.training.calibrate import calibration_record, softmax_t
+    from bmengine.training.ood import threshold_at
 
     model, state = _load(cfg.checkpoint)
     tcfg = state["config"]
@@ -191,10 +263,14 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
                          hue_range=tuple(hue) if hue else None)
     name = cfg.name or cfg.out.stem
     outputs = {"fp32": cfg.out}
-    export_onnx(model, cfg.out, prep.crop, cfg.opset)
-    log(f"wrote {cfg.out}")
     split = _split_files(state, cfg.checkpoint)
     classes = list(state["classes"])
+    ood_record: dict = {}  # the card's "ood" record, less its per-precision threshold
+    if cfg.ood:
+        ood_record = _export_with_ood(model, state, cfg, prep, split["train"], log)
+    else:
+        export_onnx(model, cfg.out, prep.crop, cfg.opset)
+    log(f"wrote {cfg.out}")
     int8_training: dict = {}  # what the int8 card adds under "training"
     if cfg.int8:
         int8_ops = resolve_int8_ops(cfg.int8_ops, cfg.out)
@@ -214,15 +290,39 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     for precision, path in outputs.items():
         extra: dict = {"training": int8_training if precision == "int8" else {}}
         card = _card(state, path, precision, f"{name}" + ("-int8" if precision == "int8" else ""), prep, extra)
-        write_card(card, path)  # provisional card: the backend refuses a model without one
+        # provisional card: the backend refuses a model without one (its ood record has no threshold
+        # yet, so a card left like this by a failed export is refused too)
+        card.ood = dict(ood_record)
+        write_card(card, path)
+        if not (cfg.evaluate or cfg.calibrate or ood_record):
+            continue
+        # one pass over the validation split per model: raw logits + OOD scores, through the engine's decoding
+        backend = OnnxRuntimeBackend(path, card, BackendOptions())
+        t0 = time.perf_counter()
+        logits, scores, _ = score_files(backend, [Path(f) for f in val_files], raw=True)
+        seconds = time.perf_counter() - t0
+        ok = ~np.isnan(logits).any(axis=1)
+        logits, scores, labels = logits[ok], scores[ok], val_labels[ok]
+        fitted_on = (f"validation split, {int(ok.sum())} crops held out by seed {tcfg['seed']}, "
+                     f"through this {precision} model")
+        if cfg.calibrate:
+            card.calibration = calibration_record(logits, labels, fitted_on)
+            log(f"{precision}: temperature {card.calibration['temperature']:.3f}: ECE "
+                f"{card.calibration['ece_before']:.4f} -> {card.calibration['ece_after']:.4f}")
+        if ood_record:
+            threshold = threshold_at(scores, cfg.false_flag_rate)
+            card.ood = {"score": ood_record["score"], "output": ood_record["output"], "threshold": threshold,
+                        **ood_record, "validation_flagged": round(float(np.mean(scores > threshold)), 5),
+                        "threshold_fitted_on": fitted_on}
+            log(f"{precision}: OOD threshold {threshold:.2f} ({card.ood['validation_flagged']:.1%} of validation "
+                "crops above it)")
         if cfg.evaluate:
-            backend = OnnxRuntimeBackend(path, card, BackendOptions())
-            t0 = time.perf_counter()
-            report = evaluate_files(backend, [Path(f) for f in val_files], val_labels)
-            seconds = time.perf_counter() - t0
+            report = classification_report(labels, softmax_t(logits, card.temperature), classes,
+                                           taxonomy=get_taxonomy(card.taxonomy))
             card.metrics = {
                 "validation": {k: report[k] for k in ("n", "accuracy", "top5_accuracy", "macro_precision",
-                                                      "macro_recall", "macro_f1", "per_class_f1", "confusion_matrix")},
+                                                      "macro_recall", "macro_f1", "per_class_f1", "confusion_matrix",
+                                                      "expected_calibration_error")},
                 "validation_split": f"{len(val_files)} crops held out by seed {tcfg['seed']} "
                                     f"(stratified {tcfg['val_fraction']:.0%}), never trained on",
                 "engine_img_per_s_2_threads": round(len(val_files) / seconds, 1),
@@ -231,7 +331,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
             if precision == "int8":  # the int8 card also records the fp32 model it came from
                 card.metrics["fp32_validation"] = {k: scored["fp32"][k] for k in
                                                    ("accuracy", "macro_f1", "per_class_f1")}
-            write_card(card, path)
             log(f"{precision}: val accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f} "
                 f"({len(val_files) / seconds:.0f} img/s decode+infer)")
+        write_card(card, path)
     return outputs

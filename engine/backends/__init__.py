@@ -3,7 +3,9 @@
 from bmengine.engine.backends.base import (
     Backend,
     BackendOptions,
+    Inference,
     ModelIO,
+    Outputs,
     backend_for,
     known_backends,
     register_backend,
@@ -42,4 +44,4 @@ def load_backend(model_path, options: BackendOptions | None = None) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "BackendOptions", "ModelIO", "backend_for", "known_backends", "load_backend", "register_backend"]
+__all__ = ["Backend", "BackendOptions", "Inference", "ModelIO", "Outputs", "backend_for", "known_backends", "load_backend", "register_backend"]

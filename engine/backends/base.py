@@ -1,7 +1,12 @@
 """One backend interface for every runtime; the runtime is chosen by the model file's suffix.
 
 A backend takes a preprocessed batch (NCHW float32, on the device it declares) and returns
-class probabilities on the host. Everything around it — reading, decoding, writing — is shared.
+class probabilities, and the model's out-of-distribution score where it has one, on the host.
+Everything around it — reading, decoding, writing — is shared.
+
+Each runtime implements only :meth:`Backend.forward` (raw logits + OOD score); the base class turns
+logits into probabilities with the card's temperature, softmax(logits / T), so no backend can
+forget the calibration.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
@@ -29,6 +34,21 @@ class ModelIO:
 
     input_size: int | None  # square spatial size, None when dynamic
     num_classes: int | None
+    outputs: tuple[str, ...] | None = None  # names of the model's outputs, None when the runtime cannot say
+
+
+class Outputs(NamedTuple):
+    """What a runtime computes for a batch, before calibration."""
+
+    logits: np.ndarray  # (N, C) float32, host
+    ood_score: np.ndarray | None  # (N,) float32, host; None when the model (or its card) has no OOD output
+
+
+class Inference(NamedTuple):
+    """What :meth:`Backend.infer` returns: calibrated probabilities, and the OOD score if any."""
+
+    probs: np.ndarray  # (N, C) float32: softmax(logits / card temperature)
+    ood_score: np.ndarray | None  # (N,) float32, higher = further from every training class; or None
 
 
 class Backend(ABC):
@@ -46,8 +66,15 @@ class Backend(ABC):
         """Input size and class count read from the model file."""
 
     @abstractmethod
-    def infer(self, batch) -> np.ndarray:
-        """Class probabilities (N, C) float32 on the host for an NCHW (staged) batch."""
+    def forward(self, batch) -> Outputs:
+        """Raw logits (N, C) and, when the card names an OOD output (``card.ood_output``), that
+        output (N,), on the host, for an NCHW (staged) batch."""
+
+    def infer(self, batch) -> Inference:
+        """Class probabilities (N, C) float32 on the host, calibrated with the card's temperature,
+        and the OOD score (N,) or None. Runtimes implement :meth:`forward`, never this."""
+        logits, ood = self.forward(batch)
+        return Inference(softmax(logits, self.card.temperature), ood)
 
     def stage(self, batch):
         """Take ownership of a freshly decoded batch, in the decode thread, before DALI's next run
@@ -69,9 +96,16 @@ class Backend(ABC):
         crop = self.card.preprocessing.crop
         if io.input_size is not None and io.input_size != crop:
             raise ModelCardError(f"{self.model_path}: model input is {io.input_size}px but its card says {crop}px")
+        wanted = self.card.ood_output
+        if wanted is not None and io.outputs is not None and wanted not in io.outputs:
+            raise ModelCardError(f"{self.model_path}: its card's ood.output {wanted!r} is not an output of the model "
+                                 f"(outputs: {', '.join(io.outputs)})")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float32)
+    if temperature != 1.0:
+        logits = logits / np.float32(temperature)
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

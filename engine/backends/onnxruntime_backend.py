@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmengine.engine.backends.base import Backend, ModelIO, softmax
+from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 
 
 class OnnxRuntimeBackend(Backend):
@@ -28,14 +28,21 @@ class OnnxRuntimeBackend(Backend):
 
             raise ModelCardError(f"{model_path}: ONNX Runtime cannot load it: {exc}") from None
         self.input_name = self.session.get_inputs()[0].name
+        # outputs are read by name: the logits (the one output that is not the OOD score) and,
+        # when the card names one, the OOD score; a model may carry outputs its card does not use
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.ood_name = card.ood_output if card.ood_output in outputs else None
+        self.logits_name = "logits" if "logits" in outputs else next(n for n in outputs if n != self.ood_name)
+        self._fetch = [self.logits_name] + ([self.ood_name] if self.ood_name else [])
 
     def io(self) -> ModelIO:
         in_shape = self.session.get_inputs()[0].shape
-        out_shape = self.session.get_outputs()[0].shape
+        out_shape = next(o for o in self.session.get_outputs() if o.name == self.logits_name).shape
         size = in_shape[-1] if isinstance(in_shape[-1], int) else None
         classes = out_shape[-1] if isinstance(out_shape[-1], int) else None
-        return ModelIO(size, classes)
+        return ModelIO(size, classes, tuple(o.name for o in self.session.get_outputs()))
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return softmax(logits)
+    def forward(self, batch: np.ndarray) -> Outputs:
+        got = self.session.run(self._fetch, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        ood = got[1].reshape(-1).astype(np.float32) if self.ood_name else None
+        return Outputs(got[0], ood)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bmengine.engine.backends.base import Backend, ModelIO
+from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 from bmengine.engine.model.card import ModelCard, ModelCardError
 
 if TYPE_CHECKING:
@@ -64,6 +64,11 @@ def spec_from_card(card: ModelCard, model_path: Path) -> "ModelSpec":
 
 
 class TorchBackend(Backend):
+    """Runs the bare network: it reports no OOD score (``Inference.ood_score`` is None, so no crop
+    is flagged ``unknown``), even where the card beside the ``.pt`` has an ``ood`` record — the
+    Mahalanobis head lives in the exported ONNX graph, not in the checkpoint. The card's
+    temperature is applied (by the base class) as for every backend."""
+
     name = "torch"
     device = "cpu"
 
@@ -91,8 +96,8 @@ class TorchBackend(Backend):
     def io(self) -> ModelIO:
         return ModelIO(None, self._num_classes)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> Outputs:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().softmax(dim=1).numpy()
+            return Outputs(self.model(x).float().numpy(), None)

@@ -80,9 +80,29 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_by: dict[str, str] = field(default_factory=dict)
     format_version: int = CARD_FORMAT_VERSION
+    #: temperature scaling fitted at export: {"temperature": T, "ece_before", "ece_after", "fitted_on", ...};
+    #: empty = T 1 (cards written before it existed)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    #: the model's out-of-distribution output: {"score", "output", "threshold", "false_flag_rate",
+    #: "fitted_on", "feature_dim", ...}; empty = the model has none (no crop is flagged unknown)
+    ood: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        """What every backend divides the logits by before the softmax (1 without calibration)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def ood_output(self) -> str | None:
+        """Name of the model output holding the OOD score, None for models without one."""
+        return self.ood["output"] if self.ood else None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False)
+        record = asdict(self)
+        for name in _OPTIONAL_RECORDS:  # absent rather than empty: older cards stay as they were
+            if not record[name]:
+                del record[name]
+        return json.dumps(record, indent=2, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<card>") -> "ModelCard":
@@ -99,8 +119,9 @@ class ModelCard:
             raise ModelCardError(f"{source}: card format {version} is newer than this bmengine reads")
         if unexpected := sorted(set(data) - {f.name for f in fields(cls)}):
             raise ModelCardError(f"{source}: unexpected field in model card: {', '.join(unexpected)}")
+        optional = {k: data.get(k) or {} for k in _OPTIONAL_RECORDS if k in data}  # null = absent
         card = cls(preprocessing=_preprocessing(data["preprocessing"], source),
-                   **{k: v for k, v in data.items() if k != "preprocessing"})
+                   **{k: v for k, v in data.items() if k != "preprocessing" and k not in optional}, **optional)
         card.validate(source)
         return card
 
@@ -118,10 +139,29 @@ class ModelCard:
             raise _bad(source, "weights_sha256", "64 lowercase hex digits", self.weights_sha256)
         if self.precision not in PRECISIONS:
             raise _bad(source, "precision", " or ".join(PRECISIONS), self.precision)
-        for name in ("architecture", "training", "metrics", "created_by"):
+        for name in ("architecture", "training", "metrics", "created_by", *_OPTIONAL_RECORDS):
             if not isinstance(getattr(self, name), dict):
                 raise _bad(source, name, "a JSON object", getattr(self, name))
         self.preprocessing.validate(source)
+        if self.calibration:
+            t = self.calibration.get("temperature")
+            if not (_numbers([t], 1) and t > 0):
+                raise _bad(source, "calibration.temperature", "a finite number above 0", t)
+        if self.ood:
+            ood = self.ood
+            if not isinstance(ood.get("output"), str) or not ood["output"]:
+                raise _bad(source, "ood.output", "the name of the model output holding the score", ood.get("output"))
+            if not isinstance(ood.get("score"), str) or not ood["score"]:
+                raise _bad(source, "ood.score", "the name of the score (e.g. mahalanobis-tied)", ood.get("score"))
+            if not _numbers([ood.get("threshold")], 1):
+                raise _bad(source, "ood.threshold", "a finite number", ood.get("threshold"))
+            rate = ood.get("false_flag_rate")
+            if not (_numbers([rate], 1) and 0 < rate <= 0.5):
+                raise _bad(source, "ood.false_flag_rate", "a number in (0, 0.5]", rate)
+
+
+#: optional card records, absent from cards written before them
+_OPTIONAL_RECORDS = ("calibration", "ood")
 
 
 def _preprocessing(record: Any, source: str) -> Preprocessing:

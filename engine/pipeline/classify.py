@@ -24,6 +24,16 @@ class SlideResult:
     probs: np.ndarray  # (n_cells, n_classes), NaN rows for crops that failed
     errors: list[str | None]
     qc_flags: list[str] = field(default_factory=list)
+    ood_score: np.ndarray | None = None  # (n_cells,), NaN where failed or the model has no OOD output
+
+
+#: the qc flag of a crop whose OOD score is above the card's threshold (a cell type the model never saw)
+UNKNOWN_FLAG = "unknown"
+
+
+def add_flag(flags: str, flag: str) -> str:
+    """``flags`` (";"-joined) with ``flag`` added."""
+    return f"{flags};{flag}" if flags else flag
 
 
 class _WholeStoreDigest:
@@ -66,6 +76,8 @@ def classify_slide(
     probs = np.full((n, n_classes), np.nan, dtype=np.float32)
     errors: list[str | None] = [None] * n
     qc_flags = [""] * n
+    ood_score = np.full(n, np.nan, dtype=np.float32)
+    threshold = float(backend.card.ood["threshold"]) if backend.card.ood else None
     whole_store = None if store.has_crop_checksums else _WholeStoreDigest(store)
 
     def decode(batch: CropBatch):
@@ -84,15 +96,21 @@ def classify_slide(
             errors[batch.start + i] = error
         if decoded.good:
             rows = batch.start + np.asarray(readable)[np.asarray(decoded.good)]
-            probs[rows] = backend.infer(decoded.pixels)
+            inference = backend.infer(decoded.pixels)
+            probs[rows] = inference.probs
             if decoded.qc is not None:
                 for row, flag in zip(rows, quality_flags(decoded.qc, decoded.shapes)):
                     qc_flags[row] = flag
+            if inference.ood_score is not None:
+                ood_score[rows] = inference.ood_score
+                if threshold is not None:
+                    for row in rows[inference.ood_score > threshold]:
+                        qc_flags[row] = add_flag(qc_flags[row], UNKNOWN_FLAG)
         if on_batch:
             on_batch(batch.stop - batch.start)
     if whole_store is not None:
         whole_store.check()
-    return SlideResult(probs, errors, qc_flags)
+    return SlideResult(probs, errors, qc_flags, ood_score)
 
 
 def cells_table(store, result: SlideResult, classes: list[str], label_map: LabelMap | None = None) -> pd.DataFrame:
@@ -122,4 +140,6 @@ def cells_table(store, result: SlideResult, classes: list[str], label_map: Label
         table[f"prob_{name}"] = result.probs[:, i]
     table["error"] = pd.Series(result.errors, dtype=object)
     table["qc_flags"] = result.qc_flags
+    table["ood_score"] = (result.ood_score if result.ood_score is not None
+                          else np.full(store.n_cells, np.nan)).astype(np.float32)
     return table

@@ -155,8 +155,10 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def bm_samples(model: Path, work: Path, bm: Path = BM) -> dict:
-    """``bmengine ingest`` + ``bmengine run`` on the 44 Matek crops; per crop: the engine's flags."""
+def bm_samples(model: Path, work: Path, bm: Path = BM, run: Path | None = None) -> dict:
+    """``bmengine ingest`` + ``bmengine run`` on the 44 Matek crops; per crop: the engine's flags.
+    With ``run`` (the model's training run), also how many crops the energy and max-softmax scores
+    would flag at their own 5% validation threshold, for comparison."""
     import pandas as pd
 
     work.mkdir(parents=True, exist_ok=True)
@@ -191,22 +193,40 @@ def bm_samples(model: Path, work: Path, bm: Path = BM) -> dict:
 
     def share(select) -> dict:
         chosen = [c for c in crops if select(c)]
-        return {"n": len(chosen), "flagged_unknown": sum(c["unknown"] for c in chosen)}
+        return {"n": len(chosen), "flagged_unknown": sum(c["unknown"] for c in chosen),
+                **{f"{name}_flagged": sum(c.get(f"{name}_flagged", False) for c in chosen)
+                   for name in ("energy", "max_softmax")}}
 
+    logit_scores = {}
+    if run is not None:
+        from bmengine.training import ood
+
+        val = json.loads((run / "split.json").read_text())["val"]
+        val_logits = _scores(model, val)["logits"]
+        files = [str(bm / c["file"]) for c in crops]
+        bm_logits = _scores(model, files)["logits"]
+        for name, fn in (("energy", ood.energy_score), ("max_softmax", ood.max_softmax_score)):
+            cut = ood.threshold_at(fn(val_logits), card.ood["false_flag_rate"])
+            flagged = fn(bm_logits) > cut
+            for c, hit in zip(crops, flagged):
+                c[f"{name}_flagged"] = bool(hit)
+            logit_scores[name] = {"threshold": cut}
     return {"model": str(model), "model_name": card.name, "threshold": card.ood.get("threshold"),
-            "temperature": card.temperature, "crops": crops,
+            "temperature": card.temperature, "crops": crops, "logit_scores": logit_scores,
             "summary": {"unseen_class_clean": share(lambda c: not c["seen_class"] and not c["garbled_in_manifest"]),
                         "seen_class_clean": share(lambda c: c["seen_class"] and not c["garbled_in_manifest"]),
                         "garbled": share(lambda c: c["garbled_in_manifest"])}}
 
 
-def report(paths: list[Path], out: Path, commands: str = "") -> None:
+def report(paths: list[Path], out: Path, commands: str = "", notes: str = "") -> None:
     runs = [json.loads(p.read_text()) for p in paths]
     held = [r for r in runs if "held_out" in r]
     bm = next((r for r in runs if "crops" in r), None)
     lines = ["# Open-set scoring and calibrated confidences (issue 10 items 2 and 4)", ""]
     machine = _machine()
     lines += [f"Machine: {machine}. Recorded {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    if notes:
+        lines += [notes.strip(), ""]
     if commands:
         lines += ["## Commands", "", "```", commands.strip(), "```", ""]
     for precision in ("fp32", "int8"):
@@ -253,12 +273,20 @@ def report(paths: list[Path], out: Path, commands: str = "") -> None:
                   f"- seen classes (clean): {s['seen_class_clean']['flagged_unknown']} of "
                   f"{s['seen_class_clean']['n']} flagged `unknown`",
                   f"- garbled (manifest `known_bad_example`): {s['garbled']['flagged_unknown']} of "
-                  f"{s['garbled']['n']} flagged `unknown`", "",
-                  "| file | class | PBC has it | predicted | confidence | ood_score | qc_flags |", "|---|---|---|---|---|---|---|"]
+                  f"{s['garbled']['n']} flagged `unknown`", ""]
+        if bm.get("logit_scores"):
+            lines += ["For comparison, at their own 5% validation thresholds: energy would flag "
+                      f"{s['unseen_class_clean']['energy_flagged']}/{s['seen_class_clean']['energy_flagged']}/"
+                      f"{s['garbled']['energy_flagged']}, max softmax {s['unseen_class_clean']['max_softmax_flagged']}/"
+                      f"{s['seen_class_clean']['max_softmax_flagged']}/{s['garbled']['max_softmax_flagged']} "
+                      "(unseen / seen / garbled).", ""]
+        lines += ["| file | class | PBC has it | predicted | confidence | ood_score | qc_flags (engine) | energy flags |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in sorted(bm["crops"], key=lambda c: -c["ood_score"]):
+            energy = {True: "yes", False: "no"}.get(c.get("energy_flagged"), "")
             lines.append(f"| {c['file']} | {c['class']}{' (garbled)' if c['garbled_in_manifest'] else ''} | "
                          f"{'yes' if c['seen_class'] else 'no'} | {c['predicted']} | {c['confidence']:.3f} | "
-                         f"{c['ood_score']:.1f} | {';'.join(c['qc_flags'])} |")
+                         f"{c['ood_score']:.1f} | {';'.join(c['qc_flags'])} | {energy} |")
         lines.append("")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -287,20 +315,23 @@ def main() -> None:
     p = sub.add_parser("bm-samples")
     p.add_argument("model", type=Path)
     p.add_argument("--work", type=Path, default=Path("/tmp/openset-bm"))
+    p.add_argument("--run", type=Path, help="the model's training run (its split), for the energy/max-softmax comparison")
     p.add_argument("--json", type=Path, required=True)
     p = sub.add_parser("report")
     p.add_argument("jsons", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "open-set")
     p.add_argument("--commands", type=Path, help="a text file of the exact commands, copied into the record")
+    p.add_argument("--notes", type=Path, help="Markdown (what the numbers say), put before the tables")
     args = parser.parse_args()
     if args.cmd == "make-data":
         print(make_data(args.held_out, args.out, args.pbc))
     elif args.cmd == "evaluate":
         args.json.write_text(json.dumps(evaluate(args.run, args.held_out, args.unused), indent=1) + "\n")
     elif args.cmd == "bm-samples":
-        args.json.write_text(json.dumps(bm_samples(args.model, args.work), indent=1) + "\n")
+        args.json.write_text(json.dumps(bm_samples(args.model, args.work, run=args.run), indent=1) + "\n")
     else:
-        report(args.jsons, args.out, args.commands.read_text() if args.commands else "")
+        report(args.jsons, args.out, args.commands.read_text() if args.commands else "",
+               args.notes.read_text() if args.notes else "")
 
 
 if __name__ == "__main__":

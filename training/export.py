@@ -7,6 +7,12 @@ their softmax, attention MatMuls, LayerNorm and elementwise ops in fp32, because
 cost CoAtNet-0 0.31 points of validation macro-F1 against 0.05 for its convolutions alone. Both
 models are scored on the run's validation split through the engine's own preprocessing, and the
 numbers go into their cards.
+
+Open set and calibration (issue 10): the fp32 graph gets a second output, ``ood_score`` (a
+Mahalanobis distance on the penultimate features, fitted on the training split: training/ood.py),
+which int8 quantisation leaves in fp32; per model, the OOD threshold and the softmax temperature
+(training/calibrate.py) are fitted on the validation split and written to the card (``ood``,
+``calibration``).
 """
 
 from __future__ import annotations

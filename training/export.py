@@ -245,6 +245,9 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
             "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in state["history"]])), 1),
             "machines": sorted({h["machine"] for h in state["history"] if "machine" in h}),
             "history": state["history"],
+            # the augmentation recipe (models trained before it was recorded used the basic one)
+            "augmentation": state.get("augmentation") or {"preset": cfg.get("augment", "basic"),
+                                                          "options": cfg.get("augment_options", {})},
             **extra.get("training", {}),
         },
         metrics=extra.get("metrics", {}),

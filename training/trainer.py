@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bmengine.engine.bench import machine_words
-from bmengine.training.augment import AugmentConfig, augment, center_crop, normalize
+from bmengine.training.augment import AugmentConfig, augment, center_crop, describe, make_augment_config, normalize
 from bmengine.training.checkpoint import load_checkpoint
 from bmengine.training.dataset import ImageFolder, stratified_split
 from bmengine.training.image_cache import cached_images
@@ -64,9 +64,15 @@ class TrainConfig:
     limit_per_class: int | None = None  # tests and smoke runs
     cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
+    augment: str = "basic"  # augmentation preset (training/augment.py PRESETS); "cross-lab" for stain/scale/camera shift
+    augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
 
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(crop=self.crop)
+        return make_augment_config(self.augment, crop=self.crop, **self.augment_options)
+
+    def augment_record(self) -> dict:
+        """What the checkpoint (and the exported card's ``training.augmentation``) records."""
+        return {"preset": self.augment, "options": dict(self.augment_options), "config": describe(self.augment_config())}
 
 
 def command_line(argv: list[str]) -> str:
@@ -197,6 +203,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     sampler = SAMPLERS[cfg.sampler]
     aug_cfg = cfg.augment_config()
+    if cfg.augment != "basic" or cfg.augment_options:
+        log(f"augmentation {cfg.augment} {cfg.augment_options or ''}: {describe(aug_cfg)}")
     machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -252,6 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "taxonomy": taxonomy,
             "val_report": _plain(report),
             "command": command_line(sys.argv),
+            "augmentation": _plain(cfg.augment_record()),
         }
         if report["macro_f1"] > best_f1:
             best_f1 = report["macro_f1"]

@@ -42,6 +42,11 @@ def train(
     limit_per_class: LimitPerClassOption = None,
     max_steps_per_epoch: MaxStepsOption = None,
     keep_every: Annotated[int, typer.Option(help="Also keep a checkpoint every N epochs (0: only last.pt and best.pt).")] = 0,
+    augment: Annotated[str, typer.Option(help="Augmentation preset: basic (crops, flips, 90° turns, brightness/contrast), "
+                                              "stain, scale, stain-scale, or cross-lab (stain + field-of-view scale + "
+                                              "blur/noise/JPEG; see docs/training.md).")] = "basic",
+    augment_opt: Annotated[Optional[list[str]], typer.Option(help="Override one augmentation field, KEY=VALUE, repeatable "
+                                                                  "(e.g. zoom_range=0.7,2.2 hue=90 jpeg_p=0.5).")] = None,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
@@ -56,6 +61,13 @@ def train(
         typer.echo(f"stage attention (after layer3): {', '.join(STAGE_ATTENTION.names())}")
         typer.echo(f"losses:    {', '.join(LOSSES.names())}")
         return
+    from bmengine.training.augment import make_augment_config, parse_augment_options
+
+    try:
+        augment_options = parse_augment_options(augment_opt)
+        make_augment_config(augment, crop=crop, **augment_options)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc).strip('"')) from None
     if data_dir is None or out is None:
         raise typer.BadParameter("give DATA_DIR and --out RUN_DIR (or --list to see the catalogue)")
     cfg = TrainConfig(
@@ -64,6 +76,7 @@ def train(
         hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
         max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
+        augment=augment, augment_options=augment_options,
     )
     summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")

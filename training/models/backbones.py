@@ -103,6 +103,37 @@ BACKBONES.register("swinv2_tiny")(_plain("swinv2_tiny_window8_256", sized=True))
 BACKBONES.register("coatnet_0")(_plain("coatnet_0_rw_224", sized=True, multiple_of=32))
 
 
+@BACKBONES.register("coatnet_0_gn")
+def _coatnet_gn(spec: ModelSpec) -> nn.Module:
+    """CoAtNet-0 (``coatnet_0``) with GroupNorm (32 groups) instead of batch norm in its stem and
+    convolutional stages (the transformer stages already use LayerNorm): no statistic of the training
+    set's batches is frozen into the model, the ingredient cross-site studies blame (Tsutsui et al. 2023)."""
+    import dataclasses
+
+    import timm.models.maxxvit as maxxvit
+
+    if spec.attention != "none":
+        raise ValueError(f"{spec.backbone}: attention blocks go into RegNet and ResNet-family backbones; use --attention none")
+    if spec.input_size % 32:
+        raise ValueError(f"{spec.backbone}: input size (--crop) must be a multiple of 32, got {spec.input_size}")
+    base = maxxvit.model_cfgs["coatnet_0_rw"]
+    cfg = dataclasses.replace(base, conv_cfg=dataclasses.replace(base.conv_cfg, norm_layer="groupnorm"))
+    return maxxvit.MaxxVit(cfg, img_size=spec.input_size, num_classes=spec.num_classes, drop_rate=spec.drop_rate)
+
+
+@BACKBONES.register("regnetx_002_gn")
+def _regnetx_002_gn(spec: ModelSpec) -> nn.Module:
+    """RegNetX-200MF with GroupNorm (8 groups: every width of this net is a multiple of 8) in place of
+    batch norm everywhere: the small, fast batch-norm-free counterpart of ``regnetx_002``."""
+    import functools
+
+    from timm.layers import GroupNormAct
+
+    if spec.attention != "none":
+        raise ValueError(f"{spec.backbone}: use --attention none")
+    return _timm("regnetx_002", spec, norm_layer=functools.partial(GroupNormAct, num_groups=8))
+
+
 @BACKBONES.register("multiscale_cross_attention")
 def _multiscale(spec: ModelSpec) -> nn.Module:
     """Surekha et al.'s design: our own model, not a timm one (see models/multiscale.py)."""

@@ -1,0 +1,189 @@
+"""Cross-lab augmentation (training/augment.py): each operation keeps shape/dtype/range, is seeded,
+does what it claims on a real PBC crop, leaves the basic recipe bit-for-bit as before, and the
+preset reaches the exported model card."""
+
+import json
+import math
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra")
+
+from bmengine.training import augment as A  # noqa: E402
+
+from conftest import BMENGINE, pbc_files  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pbc_batch() -> torch.Tensor:
+    """8 real PBC crops (one per class) decoded and resized to 112 px by the engine's pipeline."""
+    from bmengine.training.image_cache import decode_files
+    from conftest import PBC
+
+    classes = sorted(p.name for p in PBC.iterdir() if p.is_dir())
+    images, errors = decode_files([pbc_files(c, 1)[0] for c in classes], 112)
+    assert not any(errors)
+    return torch.from_numpy(images)
+
+
+def _old_augment(images, cfg, generator):
+    """The augmentation before the cross-lab work, verbatim: ``basic`` must reproduce it."""
+    n, h, w, _ = images.shape
+    tops = torch.randint(0, h - cfg.crop + 1, (n,), generator=generator)
+    lefts = torch.randint(0, w - cfg.crop + 1, (n,), generator=generator)
+    out = torch.stack([images[i, t : t + cfg.crop, l : l + cfg.crop] for i, (t, l) in enumerate(zip(tops, lefts))])
+    out = out.float().div_(255.0)
+    flip_h = torch.rand(n, generator=generator) < 0.5
+    flip_v = torch.rand(n, generator=generator) < 0.5
+    out[flip_h] = out[flip_h].flip(2)
+    out[flip_v] = out[flip_v].flip(1)
+    k = torch.randint(0, 4, (n,), generator=generator)
+    for turns in (1, 2, 3):
+        sel = k == turns
+        if sel.any():
+            out[sel] = torch.rot90(out[sel], turns, dims=(1, 2))
+    b = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.brightness
+    c = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.contrast
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return (((out - mean) * c + mean) * b).clamp_(0, 1)
+
+
+def test_basic_preset_reproduces_the_old_augmentation(pbc_batch):
+    cfg = A.make_augment_config("basic", crop=96)
+    assert cfg == A.AugmentConfig(crop=96)
+    new = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(3))
+    old = _old_augment(pbc_batch, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(new, old)
+
+
+@pytest.mark.parametrize("preset", sorted(A.PRESETS))
+def test_every_preset_keeps_shape_range_and_is_seeded(pbc_batch, preset):
+    cfg = A.make_augment_config(preset, crop=96)
+    a = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(7))
+    b = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(7))
+    c = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(8))
+    assert a.shape == (8, 96, 96, 3) and a.dtype == torch.float32
+    assert float(a.min()) >= 0 and float(a.max()) <= 1 and torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def _dark_area(images: torch.Tensor) -> np.ndarray:
+    """Pixels of the stained nucleus: a plain threshold on the green channel (0..1 float NHWC)."""
+    return (images[..., 1] < 0.45).sum(dim=(1, 2)).numpy().astype(float)
+
+
+def test_zoom_2x_makes_a_real_cell_four_times_larger(pbc_batch):
+    x = pbc_batch.float() / 255
+    lymphocyte = x[[4]]  # the lymphocyte: its round nucleus is well inside the frame
+    base = _dark_area(lymphocyte)[0]
+    assert base > 200
+    assert _dark_area(A.zoom(lymphocyte, torch.tensor([2.0])))[0] / base == pytest.approx(4.0, rel=0.15)
+    assert _dark_area(A.zoom(lymphocyte, torch.tensor([0.7])))[0] / base == pytest.approx(0.49, rel=0.2)
+    same = A.zoom(x, torch.ones(len(x)))
+    assert same.shape == x.shape and (same - x).abs().max() < 1e-5  # factor 1 is the identity
+
+
+def test_hed_jitter_scales_the_haematoxylin_channel_and_identity_is_identity(pbc_batch):
+    x = pbc_batch.float() / 255
+    n = len(x)
+    assert (A.hed_jitter(x, torch.ones(n, 3), torch.zeros(n, 3)) - x).abs().max() < 1e-5
+    more_h = A.hed_jitter(x, torch.tensor([[1.3, 1.0, 1.0]]).expand(n, 3), torch.zeros(n, 3))
+
+    def hed(img):
+        od = -torch.log(img + A._OD_EPS) + math.log(1 + A._OD_EPS)
+        return od @ A.HED_FROM_RGB
+
+    before, after = hed(x), hed(more_h)
+    stained = (before[..., 0] > 0.3) & (more_h.amin(dim=-1) > 0.02)  # nucleus pixels not clipped to black
+    assert stained.sum() > 500
+    ratio = after[..., 0][stained] / before[..., 0][stained]
+    assert float(ratio.median()) == pytest.approx(1.3, abs=0.02)
+    assert (after[..., 1:][stained] - before[..., 1:][stained]).abs().median() < 0.01  # E and D unchanged
+    # the hue of the cell changes: a config of zero strength does not touch the image
+    cfg = A.make_augment_config("basic", crop=112, flips=False, rot90=False, brightness=0.0, contrast=0.0)
+    assert torch.equal(A.augment(pbc_batch, cfg, torch.Generator().manual_seed(0)), x)
+    stain = A.augment(pbc_batch, A.replace(cfg, hed_scale=0.3, hed_shift=0.05), torch.Generator().manual_seed(0))
+    assert (stain - x).abs().mean() > 0.01
+
+
+def test_hue_tint_gamma_blur_noise_jpeg_do_what_they_say(pbc_batch):
+    x = pbc_batch.float() / 255
+    n = len(x)
+    assert (A.hue_saturation(x, torch.zeros(n), torch.ones(n)) - x).abs().max() < 1e-5
+    grey = A.hue_saturation(x, torch.zeros(n), torch.zeros(n))
+    assert float((grey.amax(-1) - grey.amin(-1)).max()) < 1e-4  # saturation 0: no colour left
+    turned = A.hue_saturation(x, torch.full((n,), 60.0), torch.ones(n))
+    assert (turned - x).abs().mean() > 0.02
+    base = A.make_augment_config("basic", crop=112, flips=False, rot90=False, brightness=0.0, contrast=0.0)
+
+    def run(**kw):
+        return A.augment(pbc_batch, A.replace(base, **kw), torch.Generator().manual_seed(1))
+
+    tinted = run(tint=0.3)
+    gain = tinted.mean(dim=(1, 2)) / x.mean(dim=(1, 2))
+    assert float((gain - 1).abs().max()) > 0.05 and float(gain.max()) < 1.31
+    blurred = run(blur_p=1.0, blur_sigma=(1.5, 1.5))
+    def hf(t):
+        return float((t[:, 1:] - t[:, :-1]).abs().mean())
+    assert hf(blurred) < 0.7 * hf(x)
+    noisy = run(noise_p=1.0, noise_std=(0.03, 0.03))
+    assert float((noisy - x).std()) == pytest.approx(0.03, rel=0.15)
+    jpeg = run(jpeg_p=1.0, jpeg_quality=(30, 30))
+    assert 0.002 < float((jpeg - x).abs().mean()) < 0.05
+    none = run(blur_p=1e-9, noise_p=1e-9, jpeg_p=1e-9)  # enabled but no image drawn: unchanged
+    assert torch.equal(none, x)
+
+
+def test_zoom_p_and_colour_p_leave_the_rest_of_the_batch_alone(pbc_batch):
+    x = pbc_batch.float() / 255
+    base = A.make_augment_config("basic", crop=112, flips=False, rot90=False, brightness=0.0, contrast=0.0)
+    half = A.augment(pbc_batch, A.replace(base, hue=40.0, tint=0.2, hed_scale=0.3, colour_p=0.5,
+                                          zoom_range=(1.5, 2.0), zoom_p=0.5), torch.Generator().manual_seed(2))
+    changed = (half - x).abs().amax(dim=(1, 2, 3)) > 0.02
+    assert 0 < int(changed.sum()) < len(x)  # some images were left as they were
+    assert float((half - x).abs()[~changed].max()) < 1e-4
+
+
+def test_options_parse_and_unknown_names_are_refused():
+    opts = A.parse_augment_options(["zoom_range=0.7,2.2", "hue=90", "flips=false", "jpeg_quality=40,90"])
+    assert opts == {"zoom_range": (0.7, 2.2), "hue": 90.0, "flips": False, "jpeg_quality": (40, 90)}
+    cfg = A.make_augment_config("cross-lab", crop=96, **opts)
+    assert cfg.zoom_range == (0.7, 2.2) and cfg.hue == 90.0 and cfg.jpeg_p > 0 and cfg.crop == 96
+    with pytest.raises(KeyError):
+        A.make_augment_config("nonsense")
+    with pytest.raises(ValueError):
+        A.parse_augment_options(["wobble=1"])
+    with pytest.raises(ValueError):
+        A.parse_augment_options(["zoom_range=2,1"])
+
+
+def test_preset_is_recorded_in_checkpoint_and_card(tmp_path, pbc_subset):
+    """A tiny train + export in this process (no second interpreter start: the test stays fast)."""
+    from pathlib import Path
+
+    from bmengine.training.export import ExportConfig, export
+    from bmengine.training.trainer import TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data_dir=str(pbc_subset), run_dir=str(run), backbone="regnetx_002", attention="none",
+                      epochs=1, batch_size=16, resize=72, crop=64, max_steps_per_epoch=1, limit_per_class=4,
+                      val_fraction=0.25, augment="cross-lab", augment_options={"zoom_range": (0.8, 1.6)})
+    train(cfg, log=lambda _: None)
+    out = run / "export" / "aug.onnx"
+    export(ExportConfig(Path(run / "checkpoints" / "last.pt"), out, int8=False, evaluate=False), log=lambda _: None)
+    card = json.loads(out.with_name("aug.onnx.card.json").read_text())
+    recipe = card["training"]["augmentation"]
+    assert recipe["preset"] == "cross-lab" and recipe["options"] == {"zoom_range": [0.8, 1.6]}
+    assert recipe["config"]["zoom_range"] == [0.8, 1.6] and recipe["config"]["jpeg_p"] == 0.3
+    from bmengine.engine.backends import load_backend
+
+    assert load_backend(out).card.training["augmentation"]["preset"] == "cross-lab"  # the engine accepts the card
+
+
+def test_train_cli_refuses_an_unknown_preset(tmp_path):
+    result = subprocess.run(BMENGINE + ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--augment", "wild"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 2 and "unknown augmentation preset" in result.stderr

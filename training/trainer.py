@@ -63,6 +63,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None  # tests and smoke runs
     limit_per_class: int | None = None  # tests and smoke runs
     cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning); same classes and architecture
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
     augment: str = "basic"  # augmentation preset (training/augment.py PRESETS); "cross-lab" for stain/scale/camera shift
     augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
@@ -189,6 +190,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     criterion = create_loss(LossSpec(cfg.loss, cfg.loss_options), np.bincount(train_labels, minlength=len(classes)))
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
+    if cfg.init_from and not (resume and last.is_file()):  # a resumed fine-tune continues its own weights
+        model.load_state_dict(load_checkpoint(Path(cfg.init_from))["model"])
+        log(f"starting from the weights of {cfg.init_from}")
     if resume and last.is_file():
         state = load_checkpoint(last, require=RESUME_KEYS)
         model.load_state_dict(state["model"])

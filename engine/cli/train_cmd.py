@@ -50,7 +50,11 @@ def train(
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
-    from bmengine.training.trainer import TrainConfig, train as run_training
+    try:
+        from bmengine.training.trainer import TrainConfig, train as run_training
+    except ImportError as exc:  # an engine-only install: say what is missing, not a torch traceback
+        typer.echo(f"error: training needs the [train] extra (pip install 'bmengine[train]'): {exc}", err=True)
+        raise typer.Exit(2) from None
 
     if list_parts:
         from bmengine.training.losses import LOSSES

@@ -92,7 +92,7 @@ def evaluate_model(model: Path, data: Path = DATA, pbc_recompute: bool = False, 
     if pbc_recompute:
         from bmengine.engine.cli.eval_cmd import _held_out
         from bmengine.engine.evaluate import evaluate_files
-        from bmengine.training.dataset import ImageFolder
+        from bmengine.engine.dataset import ImageFolder
 
         pbc = ImageFolder.scan(data / "pbc", tuple(classes))
         files, labels = _held_out(pbc, training, model)

@@ -25,7 +25,7 @@ from bmengine.engine.evaluate import predict_files
 from bmengine.engine.outputs.adjusted import adjusted_proportions
 from bmengine.engine.outputs.stats import clopper_pearson, per_base_interval
 from bmengine.engine.taxonomy import get_taxonomy
-from bmengine.training.dataset import ImageFolder, stratified_split
+from bmengine.engine.dataset import ImageFolder, stratified_split
 
 
 def _cp_pct(k: int, n_base: int, excluded: bool) -> tuple[float, float]:

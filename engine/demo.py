@@ -39,7 +39,7 @@ class SampleConfig:
 
 def validation_files(data_dir: Path, classes: tuple[str, ...], seed: int, val_fraction: float) -> list[Path]:
     """The crops `bmengine train --seed SEED --val-fraction F` held out (same scan, same split)."""
-    from bmengine.training.dataset import ImageFolder, stratified_split
+    from bmengine.engine.dataset import ImageFolder, stratified_split
 
     data = ImageFolder.scan(Path(data_dir), classes)
     _, val = stratified_split(data.labels, val_fraction, seed)

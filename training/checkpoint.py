@@ -8,15 +8,15 @@ clear error. The trainer writes only those plain types (``training/trainer.py``)
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 
 import torch
 
+from bmengine.engine.model.torch_file import UnsafeModelFileError, load_plain_data
 
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint that is not plain data: unreadable, or holding Python objects we will not build."""
+
+class UnsafeCheckpointError(UnsafeModelFileError):
+    """A checkpoint that is not plain data, or not a trainer checkpoint."""
 
 
 #: what every trainer checkpoint holds; callers name further keys they need
@@ -26,18 +26,9 @@ MODEL_KEYS = ("model", "model_spec")
 def load_checkpoint(path: Path, require: tuple[str, ...] = MODEL_KEYS) -> dict:
     """The checkpoint's dict, read with ``weights_only=True``; refuses objects and missing keys."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path}: refused: the checkpoint is not only tensors and plain data ({_reason(exc)}); "
-            "bmengine never unpickles a model file. If an older bmengine wrote it, re-train or "
-            "re-export it; otherwise do not trust it"
-        ) from None
-    except OSError:
-        raise
-    except Exception as exc:  # torch reports a damaged or foreign file as KeyError, RuntimeError, EOFError...
-        reason = f"{type(exc).__name__}: {_reason(exc)}"
-        raise UnsafeCheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        state = load_plain_data(path, noun="checkpoint")
+    except UnsafeModelFileError as exc:  # callers catch the checkpoint error; the message is the engine's
+        raise UnsafeCheckpointError(str(exc)) from None
     if not isinstance(state, dict):
         raise UnsafeCheckpointError(f"{path}: not a trainer checkpoint (holds a {type(state).__name__}, not a dict)")
     if missing := [key for key in require if key not in state]:
@@ -53,11 +44,3 @@ def load_model(path: Path, require: tuple[str, ...] = MODEL_KEYS) -> tuple[torch
     model = create_model(ModelSpec(**state["model_spec"])).eval()
     model.load_state_dict(state["model"])
     return model, state
-
-
-def _reason(exc: BaseException) -> str:
-    """torch's message runs to a page of advice on how to unpickle anyway; keep only the reason."""
-    text = str(exc)
-    if found := re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", text):
-        return found.group(0)
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)

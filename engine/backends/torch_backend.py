@@ -10,8 +10,6 @@ card, never from objects inside the file.
 
 from __future__ import annotations
 
-import pickle
-import re
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,20 +28,9 @@ def load_weights(model_path: Path) -> dict:
     with ``weights_only=True``; a file holding Python objects is refused, not unpickled."""
     import torch
 
-    try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(exc))  # torch's page -> its reason
-        reason = f" ({found.group(0)})" if found else ""
-        raise ModelCardError(
-            f"{model_path}: refused: the file is not only tensors and plain data{reason}; bmengine never "
-            "unpickles a model file. If an older bmengine wrote it, re-train or re-export it; "
-            "otherwise do not trust it"
-        ) from None
-    except OSError:
-        raise
-    except Exception as exc:  # torch reports a damaged or foreign file as KeyError, RuntimeError, EOFError...
-        raise ModelCardError(f"{model_path}: not a readable PyTorch model ({type(exc).__name__})") from None
+    from bmengine.engine.model.torch_file import load_plain_data
+
+    state = load_plain_data(model_path, noun="file")
     weights = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise ModelCardError(f"{model_path}: holds no state dict (expected tensors, or a checkpoint's 'model')")

@@ -31,7 +31,7 @@ def evaluate(
     from bmengine.engine.evaluate import evaluate_files
     from bmengine.engine.labels import LabelMap
     from bmengine.engine.model.card import ModelCardError
-    from bmengine.training.dataset import ImageFolder
+    from bmengine.engine.dataset import ImageFolder
 
     try:
         backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
@@ -57,7 +57,7 @@ def evaluate(
 
 def _held_out(data, training: dict, model: Path) -> tuple[list[Path], "np.ndarray"]:
     """The validation split exactly as `bmengine train` drew it (same scan order, seed and fraction)."""
-    from bmengine.training.dataset import stratified_split
+    from bmengine.engine.dataset import stratified_split
 
     if "seed" not in training or "val_fraction" not in training:
         raise ValueError(f"{model}: its card records no training split (seed, val_fraction); --held-out needs them")

@@ -18,7 +18,7 @@ def explain(
     smooth_samples: Annotated[Optional[int], typer.Option(help="Noisy copies per crop for SmoothGrad.")] = 16,
 ) -> None:
     """Write crop | Grad-CAM | SmoothGrad panels, one PNG per crop, titled with the prediction."""
-    from bmengine.training.dataset import IMAGE_SUFFIXES
+    from bmengine.engine.dataset import IMAGE_SUFFIXES
     from bmengine.training.explain import explain as run_explain
     from bmengine.training.explain import write_overlays
 

@@ -205,7 +205,7 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
         if node.name in head:
             assert node.op_type not in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger")
             assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
-    crops = [f for cls in CLASSES for f in pbc_files(cls, 3)]
+    crops = [f for cls in CLASSES for f in pbc_files(cls, 5)]
     card = load_card(trained_run)
     batch = _decode(card, crops)
     fp32 = _ort_outputs(trained_run.with_name("tiny.onnx"), batch)["ood_score"]
@@ -215,8 +215,10 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
     # the int8 model's features carry quantisation noise, which the precision matrix amplifies in
     # the directions where training features barely vary: the scores rise (x2.4 on this 6-step
     # model, x1.3 on the 10-epoch proxies of benchmarks/results/open-set.md) but keep their order,
-    # and the int8 card's threshold is set on the int8 model's own validation scores
-    assert spearmanr(fp32, int8).statistic > 0.85
+    # and the int8 card's threshold is set on the int8 model's own validation scores. The 6-step
+    # model is trained afresh on each machine (thread timing changes its weights): 0.85-0.95 seen,
+    # while a quantised or broken head gives about 0 (+-0.16 on 40 crops)
+    assert spearmanr(fp32, int8).statistic > 0.7
     assert 0.5 < np.median(int8 / fp32) < 4
     assert card.ood["threshold"] != load_card(trained_run.with_name("tiny.onnx")).ood["threshold"]
 

@@ -48,7 +48,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         check_int8_ops(self.int8_ops)  # before the fp32 export, not after it
         if not 0 < self.false_flag_rate <= 0.5:
-            raise ValueError(f"false_flag_rate must be in (0, 0.5], not {self.false_flag_rate}")
+            raise ValueError(f"--false-flag-rate must be in (0, 0.5], not {self.false_flag_rate}")
 
 
 # Operator sets for int8; None means every operator ONNX Runtime can quantise.
@@ -62,7 +62,7 @@ _ATTENTION_OPS = frozenset({"Softmax", "LayerNormalization"})
 
 def check_int8_ops(choice: str) -> None:
     if choice != "auto" and choice not in INT8_OP_SETS:
-        raise ValueError(f"unknown int8 operator set {choice!r}; choose auto or one of {sorted(INT8_OP_SETS)}")
+        raise ValueError(f"--int8-ops: unknown int8 operator set {choice!r}; choose auto or one of {sorted(INT8_OP_SETS)}")
 
 
 def resolve_int8_ops(choice: str, fp32_path: Path) -> str:
@@ -187,6 +187,13 @@ class _CalibrationReader:
         return {self.input_name: batch}
 
 
+#: Symmetric int8 activations and weights: every int8 zero point is 0, as TensorRT's ONNX parser
+#: requires (training/qdq.py). Biases stay int32 DequantizeLinear (zero point 0), which ONNX
+#: Runtime's CPU needs to fuse Conv into QLinearConv; compile folds them to fp32 for TensorRT.
+#: Option names from onnxruntime.quantization.quantize.quantize_static's docstring (onnxruntime 1.32).
+TENSORRT_QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True}
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,
                   ops: str = "all") -> None:
     """The OOD head (if any) stays fp32: its nodes are excluded, and its input is the float features."""
@@ -202,10 +209,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
     tmp = int8_path.with_name(int8_path.name + ".partial")
     try:
         quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image"),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                         op_types_to_quantize=list(INT8_OP_SETS[ops]) if INT8_OP_SETS[ops] else None,
-                        nodes_to_exclude=head)
+                        nodes_to_exclude=head, extra_options=TENSORRT_QDQ_OPTIONS)
         if head:
             unquantise_head_inputs(tmp, head)
         tmp.replace(int8_path)

@@ -7,6 +7,20 @@ import numpy as np
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 
 
+def _model_for_cpu(model_path) -> str | bytes:
+    """The file itself, or for an int8 (Q/DQ) model the same graph with uint8 activations, the
+    type ONNX Runtime's x86 kernels fuse (engine/model/qdq.py: exact, and the file on disk stays
+    the TensorRT-ready one)."""
+    import onnx
+
+    from bmengine.engine.model.qdq import unsigned_activations
+
+    model = onnx.load(str(model_path))
+    if not any(node.op_type == "QuantizeLinear" for node in model.graph.node):
+        return str(model_path)
+    return unsigned_activations(model).SerializeToString()
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     device = "cpu"
@@ -22,7 +36,7 @@ class OnnxRuntimeBackend(Backend):
         # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(_model_for_cpu(model_path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             from bmengine.engine.model.card import ModelCardError
 

@@ -18,6 +18,12 @@ def export(
              "models with softmax/LayerNorm, else all).")] = "auto",
     evaluate: Annotated[bool, typer.Option(help="Score both models on the run's validation split.")] = True,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card (default: file stem).")] = None,
+    ood: Annotated[bool, typer.Option(
+        help="Add the out-of-distribution score (a second output, ood_score) and its threshold to the card.")] = True,
+    false_flag_rate: Annotated[float, typer.Option(
+        help="Share of validation crops above the OOD threshold (0-0.5].")] = 0.05,
+    calibrate: Annotated[bool, typer.Option(
+        help="Fit temperature scaling on the validation split and record it in the card.")] = True,
 ) -> None:
     """Export ONNX with a model card (classes, taxonomy, preprocessing, metrics, sha256)."""
     from bmengine.training.export import ExportConfig, export as run_export
@@ -27,9 +33,10 @@ def export(
         raise typer.Exit(2)
     try:
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
-                           name=name, int8_ops=int8_ops)
+                           name=name, int8_ops=int8_ops, ood=ood, false_flag_rate=false_flag_rate,
+                           calibrate=calibrate)
     except ValueError as err:
-        typer.echo(f"error: --int8-ops: {err}", err=True)
+        typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     from bmengine.training.checkpoint import UnsafeCheckpointError
 

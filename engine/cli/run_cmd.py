@@ -122,6 +122,7 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from bmengine.engine.model.card import ModelCardError
+    from bmengine.engine.outputs.lock import OutputBusyError
     from bmengine.engine.pipeline.run import RunConfig, run_engine
     from bmengine.engine.store import SlideStoreError
 
@@ -132,7 +133,7 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     try:
         with Progress(*columns, console=console, transient=False) as bars:
             result = run_engine(cfg, _RichProgress(bars, console))
-    except (ModelCardError, SlideStoreError, FileNotFoundError) as exc:
+    except (ModelCardError, SlideStoreError, FileNotFoundError, OutputBusyError) as exc:
         console.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(EXIT_USAGE) from None
     ok = sum(s.status != "failed" for s in result.statuses)

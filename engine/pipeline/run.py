@@ -20,6 +20,8 @@ from pathlib import Path
 from bmengine.engine import __version__
 from bmengine.engine.backends import Backend, BackendOptions, load_backend
 from bmengine.engine.outputs.atomic import atomic_path, atomic_write_text
+from bmengine.engine.outputs.history import run_history
+from bmengine.engine.outputs.lock import OutputLock
 from bmengine.engine.pipeline import resume
 from bmengine.engine.pipeline.classify import cells_table, classify_slide
 from bmengine.engine.pipeline.reader import DaskCropReader
@@ -152,6 +154,11 @@ def _id_clash(slide_id: str, path: Path, seen: dict[str, Path], warnings: list[s
     return None
 
 
+def _stale_lock_warning(holder) -> str:
+    return (f"the previous run into this folder did not finish ({holder.describe()}): its finished slides are "
+            "kept, the others are redone")
+
+
 def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     """Classify every store in ``cfg.slides_dir``; see the module docstring for failure rules."""
     from bmengine.engine.outputs.differential import write_differential
@@ -173,105 +180,109 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                                          qc_output=True), limits=cfg.limits)
     card_sha256 = resume.card_digest(card_path_for(Path(cfg.model)))
     label_map = LabelMap.load(cfg.label_map, card.classes) if cfg.label_map is not None else LabelMap()
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(cfg.out_dir) as lock:  # creates OUT; a second run into it is refused here
+        if lock.stale is not None:
+            progress.warning(_stale_lock_warning(lock.stale))
 
-    opened: list[tuple[Path, object | None, str | None]] = []
-    for path in stores:
-        try:
-            opened.append((path, SlideStore.open(path), None))
-        except Exception as exc:  # a malformed store is that slide's failure, not the run's
-            opened.append((path, None, f"{type(exc).__name__}: {exc}"))
-    progress.slides_found(len(opened), sum(s.n_cells for _, s, _ in opened if s is not None))
-
-    statuses: list[SlideStatus] = []
-    rows: list[dict] = []
-    warnings: list[str] = []
-    seen: dict[str, Path] = {}
-    crops_classified, classify_seconds = 0, 0.0
-    with DaskCropReader(cfg.scheduler, threads=cfg.threads) as reader:
-        for path, store, open_error in opened:
-            slide_id = store.slide_id if store is not None else path.name.removesuffix(".zarr")
-            status = SlideStatus(slide_id, str(path), "failed", error=open_error)
-            if store is not None:
-                n_warnings = len(warnings)
-                status.error = _id_clash(slide_id, path, seen, warnings)
-                for text in warnings[n_warnings:]:
-                    progress.warning(text)
-            if status.error is not None:
-                statuses.append(status)
-                progress.slide_finished(status)
-                continue
-            slide_dir = cfg.out_dir / slide_id
-            status.n_crops = store.n_cells
-            if foreign := foreign_labels(store.label_names, card.classes, label_map):
-                warnings.append(f"{slide_id}: labels {', '.join(foreign)} are not classes of model {card.name!r}; "
-                                "those crops are not scored against their labels (map them with --label-map)")
-                progress.warning(warnings[-1])
-            key = resume.resume_key(store.content_hash(), card.weights_sha256, card_sha256, cfg.limits,
-                                    label_map.mapping)
-            done, status.redo_reason = resume.finished_record(slide_dir, key)
-            if done is not None:
-                status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
-                status.error_examples = list(done.get("error_examples") or [])
-                status.domain_warning = done["row"].get("domain_warning", "")
-                rows.append(done["row"])
-                statuses.append(status)
-                progress.crops_done(store.n_cells)
-                progress.slide_finished(status)
-                continue
-            progress.slide_started(slide_id, store.n_cells)
-            t_slide = time.perf_counter()
+        opened: list[tuple[Path, object | None, str | None]] = []
+        for path in stores:
             try:
-                row, cells = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
-                                            progress, model_info, label_map)
-            except Exception as exc:
-                status.error = f"{type(exc).__name__}: {exc}"
-                status.seconds = time.perf_counter() - t_slide
-                resume.write_record(slide_dir, {**asdict(status), "traceback": traceback.format_exc()}, key)
-            else:
-                errors = cells["error"].dropna().astype(str)
-                status.status, status.n_errors = "ok", int(len(errors))
-                status.error_examples = _error_examples(cells)
-                status.domain_warning = row["domain_warning"]
-                status.seconds = time.perf_counter() - t_slide
-                crops_classified += store.n_cells
-                classify_seconds += status.seconds
-                rows.append(row)
-                resume.write_record(slide_dir, {**asdict(status), "model_sha256": card.weights_sha256,
-                                                "bmengine_version": __version__, "row": row,
-                                                "n_damaged": int(errors.str.startswith(DAMAGE_PREFIX).sum())}, key)
-            statuses.append(status)
-            progress.slide_finished(status)
-    backend.close()
+                opened.append((path, SlideStore.open(path), None))
+            except Exception as exc:  # a malformed store is that slide's failure, not the run's
+                opened.append((path, None, f"{type(exc).__name__}: {exc}"))
+        progress.slides_found(len(opened), sum(s.n_cells for _, s, _ in opened if s is not None))
 
-    metadata = {"model_sha256": card.weights_sha256, "bmengine_version": __version__}
-    report = None
-    if rows:
-        write_differential(rows, cfg.out_dir, metadata=metadata)
-    rate = crops_classified / classify_seconds if classify_seconds else 0.0
-    run_info = {
-        "bmengine_version": __version__,
-        "command": cfg.command,
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k != "command"},
-        "model": model_info,
-        "taxonomy": taxonomy.name,
-        "started_at": started,
-        "finished_at": _utc_now(),
-        "wall_seconds": round(time.perf_counter() - t0, 3),
-        "crops_classified": crops_classified,
-        "crops_per_second": round(rate, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(), "versions": _versions()},
-        "warnings": warnings,
-        "slides": [asdict(s) for s in statuses],
-    }
-    truth = {store.slide_id: store.provenance["known_mixture_pct"] for _, store, _ in opened
-             if store is not None and isinstance(store.provenance.get("known_mixture_pct"), dict)}
-    report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy, truth=truth or None)
-    failed = any(s.status == "failed" for s in statuses)
-    crop_errors = any(s.n_errors for s in statuses)
-    exit_code = EXIT_SLIDE_FAILED if failed else EXIT_CROP_ERRORS if crop_errors else EXIT_OK
-    run_info["exit_code"] = exit_code
-    record = cfg.out_dir / "run.json"
-    atomic_write_text(record, json.dumps(run_info, indent=2, default=str) + "\n")
-    return RunResult(statuses, rows, report, record, rate, exit_code)
+        statuses: list[SlideStatus] = []
+        rows: list[dict] = []
+        warnings: list[str] = [_stale_lock_warning(lock.stale)] if lock.stale is not None else []
+        seen: dict[str, Path] = {}
+        crops_classified, classify_seconds = 0, 0.0
+        with DaskCropReader(cfg.scheduler, threads=cfg.threads) as reader:
+            for path, store, open_error in opened:
+                slide_id = store.slide_id if store is not None else path.name.removesuffix(".zarr")
+                status = SlideStatus(slide_id, str(path), "failed", error=open_error)
+                if store is not None:
+                    n_warnings = len(warnings)
+                    status.error = _id_clash(slide_id, path, seen, warnings)
+                    for text in warnings[n_warnings:]:
+                        progress.warning(text)
+                if status.error is not None:
+                    statuses.append(status)
+                    progress.slide_finished(status)
+                    continue
+                slide_dir = cfg.out_dir / slide_id
+                status.n_crops = store.n_cells
+                if foreign := foreign_labels(store.label_names, card.classes, label_map):
+                    warnings.append(f"{slide_id}: labels {', '.join(foreign)} are not classes of model {card.name!r}; "
+                                    "those crops are not scored against their labels (map them with --label-map)")
+                    progress.warning(warnings[-1])
+                key = resume.resume_key(store.content_hash(), card.weights_sha256, card_sha256, cfg.limits,
+                                        label_map.mapping)
+                done, status.redo_reason = resume.finished_record(slide_dir, key)
+                if done is not None:
+                    status.status, status.n_errors, status.seconds = "skipped", done["n_errors"], done["seconds"]
+                    status.error_examples = list(done.get("error_examples") or [])
+                    status.domain_warning = done["row"].get("domain_warning", "")
+                    rows.append(done["row"])
+                    statuses.append(status)
+                    progress.crops_done(store.n_cells)
+                    progress.slide_finished(status)
+                    continue
+                progress.slide_started(slide_id, store.n_cells)
+                t_slide = time.perf_counter()
+                try:
+                    row, cells = _process_slide(store, slide_dir, cfg, reader, pipeline, backend, taxonomy,
+                                                progress, model_info, label_map)
+                except Exception as exc:
+                    status.error = f"{type(exc).__name__}: {exc}"
+                    status.seconds = time.perf_counter() - t_slide
+                    resume.write_record(slide_dir, {**asdict(status), "traceback": traceback.format_exc()}, key)
+                else:
+                    errors = cells["error"].dropna().astype(str)
+                    status.status, status.n_errors = "ok", int(len(errors))
+                    status.error_examples = _error_examples(cells)
+                    status.domain_warning = row["domain_warning"]
+                    status.seconds = time.perf_counter() - t_slide
+                    crops_classified += store.n_cells
+                    classify_seconds += status.seconds
+                    rows.append(row)
+                    resume.write_record(slide_dir, {**asdict(status), "model_sha256": card.weights_sha256,
+                                                    "bmengine_version": __version__, "row": row,
+                                                    "n_damaged": int(errors.str.startswith(DAMAGE_PREFIX).sum())}, key)
+                statuses.append(status)
+                progress.slide_finished(status)
+        backend.close()
+
+        metadata = {"model_sha256": card.weights_sha256, "bmengine_version": __version__}
+        report = None
+        if rows:
+            write_differential(rows, cfg.out_dir, metadata=metadata)
+        rate = crops_classified / classify_seconds if classify_seconds else 0.0
+        record = cfg.out_dir / "run.json"
+        run_info = {
+            "bmengine_version": __version__,
+            "command": cfg.command,
+            "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k != "command"},
+            "model": model_info,
+            "taxonomy": taxonomy.name,
+            "started_at": started,
+            "finished_at": _utc_now(),
+            "wall_seconds": round(time.perf_counter() - t0, 3),
+            "crops_classified": crops_classified,
+            # null when this run classified nothing (all resumed): the earlier runs' rates are in history
+            "crops_per_second": round(rate, 1) if crops_classified else None,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "processor": platform.processor() or platform.machine(), "versions": _versions()},
+            "warnings": warnings,
+            "slides": [asdict(s) for s in statuses],
+            "history": run_history(record),
+        }
+        truth = {store.slide_id: store.provenance["known_mixture_pct"] for _, store, _ in opened
+                 if store is not None and isinstance(store.provenance.get("known_mixture_pct"), dict)}
+        report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy, truth=truth or None)
+        failed = any(s.status == "failed" for s in statuses)
+        crop_errors = any(s.n_errors for s in statuses)
+        exit_code = EXIT_SLIDE_FAILED if failed else EXIT_CROP_ERRORS if crop_errors else EXIT_OK
+        run_info["exit_code"] = exit_code
+        atomic_write_text(record, json.dumps(run_info, indent=2, default=str) + "\n")
+        return RunResult(statuses, rows, report, record, rate, exit_code)

@@ -14,6 +14,7 @@ from bmengine.engine.cli import (
     export_cmd,
     finetune_cmd,
     ingest_cmd,
+    report_cmd,
     run_cmd,
     samples_cmd,
     train_cmd,
@@ -34,7 +35,7 @@ def _root() -> None:
     """bmengine: batch cell classification and differential counts for haematology archives."""
 
 
-for module in (ingest_cmd, run_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
+for module in (ingest_cmd, run_cmd, report_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
                compile_cmd, ablate_cmd, explain_cmd, finetune_cmd):
     module.register(app)
 

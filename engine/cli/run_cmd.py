@@ -74,6 +74,9 @@ def run(
     max_crop_bytes: MaxCropBytesOption = DEFAULT_MAX_CROP_BYTES,
     max_crop_pixels: MaxCropPixelsOption = DEFAULT_MAX_CROP_PIXELS,
     label_map: LabelMapOption = None,
+    shard: Annotated[Optional[str], typer.Option(
+        help="i/n: only every n-th store from the i-th (0-based, sorted by name), for array jobs. Shards "
+             "share one --out; they write run.shard-i-of-n.json, and `bmengine report OUT` merges them.")] = None,
 ) -> None:
     """Classify every cell of every slide; write cells tables, differentials, plots, report, run.json.
 
@@ -85,14 +88,22 @@ def run(
 
     from bmengine.engine.store.limits import InputLimits
 
+    from bmengine.engine.pipeline.shard import Shard
+
     console = Console(stderr=True, soft_wrap=True)
+    try:
+        share = Shard.parse(shard) if shard is not None else None
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {esc(exc)}")
+        raise typer.Exit(EXIT_USAGE) from None
     if (problem := _input_problem(slides_dir, model, label_map) or writable_dir_problem(out)) is not None:
         console.print(f"[red]error:[/] {esc(problem)}")
         raise typer.Exit(EXIT_USAGE)
     console = Console(file=route_noise_to_log(out / LOG_NAME), highlight=False, soft_wrap=True)  # grep-able lines
     limits = InputLimits(max_crop_bytes=max_crop_bytes, max_crop_pixels=max_crop_pixels)
     try:
-        result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, console)
+        result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, share,
+                      console)
     except typer.Exit:
         raise
     except Exception as exc:  # an engine bug: say so plainly, keep the traceback in the log
@@ -118,7 +129,7 @@ def _input_problem(slides_dir: Path, model: Path, label_map: Path | None) -> str
     return None
 
 
-def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, console):
+def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, shard, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from bmengine.engine.model.card import ModelCardError
@@ -127,7 +138,7 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     from bmengine.engine.store import SlideStoreError
 
     cfg = RunConfig(slides_dir=slides_dir, model=model, out_dir=out, batch_size=batch_size, threads=threads,
-                    scheduler=scheduler, device_id=device_id, limits=limits, label_map=label_map)
+                    scheduler=scheduler, device_id=device_id, limits=limits, label_map=label_map, shard=shard)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"),
                TimeRemainingColumn())
     try:
@@ -141,7 +152,12 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     console.print(f"{ok}/{len(result.statuses)} slides done ({rate})")
     if result.report:
         console.print(f"report: {esc(result.report)}")
-    console.print(f"differential: {esc(out / 'differential.csv')}\nrun record: {esc(result.run_record)}")
+    if shard is None:
+        console.print(f"differential: {esc(out / 'differential.csv')}")
+    else:
+        console.print(f"shard {shard.index}/{shard.count}: its slides are in {esc(out)}; when every shard is done, "
+                      f"`bmengine report {esc(out)}` writes the differential and the report")
+    console.print(f"run record: {esc(result.run_record)}")
     console.print(f"log (DALI, Dask): {esc(out / LOG_NAME)}")
     return result
 

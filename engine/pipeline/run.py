@@ -25,6 +25,7 @@ from bmengine.engine.outputs.lock import OutputLock
 from bmengine.engine.pipeline import resume
 from bmengine.engine.pipeline.classify import cells_table, classify_slide
 from bmengine.engine.pipeline.reader import DaskCropReader
+from bmengine.engine.pipeline.shard import Shard
 from bmengine.engine.labels import LabelMap, foreign_labels
 from bmengine.engine.model.card import card_path_for
 from bmengine.engine.outputs.domain import domain_warning
@@ -47,6 +48,7 @@ class RunConfig:
     device_id: int = 0
     limits: InputLimits = field(default_factory=InputLimits)
     label_map: Path | None = None  # CSV source,model_class for the stores' labels (see engine/labels.py)
+    shard: Shard | None = None  # only this share of the stores; archive outputs are left to `bmengine report`
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def __post_init__(self) -> None:
@@ -154,6 +156,12 @@ def _id_clash(slide_id: str, path: Path, seen: dict[str, Path], warnings: list[s
     return None
 
 
+def _known_mixture(store) -> dict | None:
+    """A sample slide's known differential (built from a known mix), shown beside the estimate."""
+    known = store.provenance.get("known_mixture_pct")
+    return known if isinstance(known, dict) else None
+
+
 def _stale_lock_warning(holder) -> str:
     return (f"the previous run into this folder did not finish ({holder.describe()}): its finished slides are "
             "kept, the others are redone")
@@ -169,6 +177,8 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     progress = progress or Progress()
     started, t0 = _utc_now(), time.perf_counter()
     stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
+    if cfg.shard is not None:
+        stores = cfg.shard.select(stores)
     backend = load_backend(cfg.model, BackendOptions(cfg.threads, cfg.device_id, cfg.batch_size))
     card = backend.card
     taxonomy = get_taxonomy(card.taxonomy)
@@ -180,7 +190,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                                          qc_output=True), limits=cfg.limits)
     card_sha256 = resume.card_digest(card_path_for(Path(cfg.model)))
     label_map = LabelMap.load(cfg.label_map, card.classes) if cfg.label_map is not None else LabelMap()
-    with OutputLock(cfg.out_dir) as lock:  # creates OUT; a second run into it is refused here
+    with OutputLock(cfg.out_dir, cfg.shard.name if cfg.shard else None) as lock:  # creates OUT; a second run into it is refused here
         if lock.stale is not None:
             progress.warning(_stale_lock_warning(lock.stale))
 
@@ -248,21 +258,23 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                     rows.append(row)
                     resume.write_record(slide_dir, {**asdict(status), "model_sha256": card.weights_sha256,
                                                     "bmengine_version": __version__, "row": row,
-                                                    "n_damaged": int(errors.str.startswith(DAMAGE_PREFIX).sum())}, key)
+                                                    "n_damaged": int(errors.str.startswith(DAMAGE_PREFIX).sum()),
+                                                    "known_mixture_pct": _known_mixture(store)}, key)
                 statuses.append(status)
                 progress.slide_finished(status)
         backend.close()
 
         metadata = {"model_sha256": card.weights_sha256, "bmengine_version": __version__}
         report = None
-        if rows:
+        if rows and cfg.shard is None:  # a shard's slides are merged later by `bmengine report`
             write_differential(rows, cfg.out_dir, metadata=metadata)
         rate = crops_classified / classify_seconds if classify_seconds else 0.0
-        record = cfg.out_dir / "run.json"
+        record = cfg.out_dir / (f"run.{cfg.shard.name}.json" if cfg.shard else "run.json")
         run_info = {
             "bmengine_version": __version__,
             "command": cfg.command,
             "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items() if k != "command"},
+            "shard": asdict(cfg.shard) if cfg.shard else None,
             "model": model_info,
             "taxonomy": taxonomy.name,
             "started_at": started,
@@ -277,9 +289,11 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
             "slides": [asdict(s) for s in statuses],
             "history": run_history(record),
         }
-        truth = {store.slide_id: store.provenance["known_mixture_pct"] for _, store, _ in opened
-                 if store is not None and isinstance(store.provenance.get("known_mixture_pct"), dict)}
-        report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy, truth=truth or None)
+        truth = {store.slide_id: _known_mixture(store) for _, store, _ in opened
+                 if store is not None and _known_mixture(store) is not None}
+        if cfg.shard is None:
+            report = write_report(cfg.out_dir, run_info, rows, [asdict(s) for s in statuses], taxonomy,
+                                  truth=truth or None)
         failed = any(s.status == "failed" for s in statuses)
         crop_errors = any(s.n_errors for s in statuses)
         exit_code = EXIT_SLIDE_FAILED if failed else EXIT_CROP_ERRORS if crop_errors else EXIT_OK

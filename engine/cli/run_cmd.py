@@ -69,7 +69,14 @@ def run(
     model: ModelOption = DEFAULT_MODEL_PATH,
     batch_size: BatchOption = 64,
     threads: ThreadsOption = 2,
-    scheduler: Annotated[Optional[str], typer.Option(help="Dask scheduler address; default: a local cluster.")] = None,
+    workers: Annotated[int, typer.Option(
+        min=0, help="Classify slides in this many local worker processes (a Dask cluster), each with its own "
+                    "model; 0: in this process.")] = 0,
+    gpus: Annotated[Optional[str], typer.Option(
+        help="'all' or a list such as 0,1: one worker process per GPU, each pinned to its device.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(
+        help="Address of a running Dask scheduler: its workers classify whole slides (they must see the "
+             "same slide and output folders).")] = None,
     device_id: Annotated[int, typer.Option(min=0, help="GPU to use for .plan models.")] = 0,
     max_crop_bytes: MaxCropBytesOption = DEFAULT_MAX_CROP_BYTES,
     max_crop_pixels: MaxCropPixelsOption = DEFAULT_MAX_CROP_PIXELS,
@@ -93,6 +100,9 @@ def run(
     console = Console(stderr=True, soft_wrap=True)
     try:
         share = Shard.parse(shard) if shard is not None else None
+        gpu_ids = _parse_gpus(gpus) if gpus is not None else ()
+        if sum(bool(x) for x in (scheduler, workers, gpu_ids)) > 1:
+            raise ValueError("choose one of --scheduler, --workers and --gpus")
     except ValueError as exc:
         console.print(f"[red]error:[/] {esc(exc)}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -103,7 +113,7 @@ def run(
     limits = InputLimits(max_crop_bytes=max_crop_bytes, max_crop_pixels=max_crop_pixels)
     try:
         result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, share,
-                      console)
+                      workers, gpu_ids, console)
     except typer.Exit:
         raise
     except Exception as exc:  # an engine bug: say so plainly, keep the traceback in the log
@@ -129,7 +139,26 @@ def _input_problem(slides_dir: Path, model: Path, label_map: Path | None) -> str
     return None
 
 
-def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, shard, console):
+def _parse_gpus(text: str) -> tuple[int, ...]:
+    """'all' (every GPU CUDA can see) or a comma list of device numbers."""
+    if text.strip().lower() == "all":
+        from bmengine.engine.backends.devices import cuda_device_count
+
+        count = cuda_device_count()
+        if count == 0:
+            raise ValueError("--gpus all: no CUDA GPU is visible on this machine")
+        return tuple(range(count))
+    try:
+        ids = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--gpus {text!r}: expected 'all' or device numbers such as 0,1") from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus {text!r}: expected distinct device numbers >= 0")
+    return ids
+
+
+def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, shard, workers,
+         gpus, console):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from bmengine.engine.model.card import ModelCardError
@@ -138,7 +167,8 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     from bmengine.engine.store import SlideStoreError
 
     cfg = RunConfig(slides_dir=slides_dir, model=model, out_dir=out, batch_size=batch_size, threads=threads,
-                    scheduler=scheduler, device_id=device_id, limits=limits, label_map=label_map, shard=shard)
+                    scheduler=scheduler, device_id=device_id, limits=limits, label_map=label_map, shard=shard,
+                    workers=workers, gpus=gpus)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("crops"),
                TimeRemainingColumn())
     try:

@@ -90,3 +90,28 @@ class DaskCropReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LocalCropReader:
+    """The reader of a Dask worker: batches read in this process, one read ahead in a thread
+    (a worker already is the parallel unit; it never ships bytes anywhere)."""
+
+    def __init__(self, prefetch: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.prefetch = prefetch
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmengine-read")
+
+    def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0,
+                     limits: InputLimits | None = None) -> Iterator[CropBatch]:
+        ranges = [r for r in batch_ranges(n_cells, batch_size) if r[0] >= start_at]
+        pending: deque = deque()
+        for start, stop in ranges:
+            pending.append(self.pool.submit(read_batch, str(store_path), start, stop, limits))
+            if len(pending) > self.prefetch:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,143 @@
+"""Runners: who classifies the planned slides. One interface, two implementations.
+
+- ``LocalRunner`` (the default, and the demo's): this process, one slide after another; its crop
+  reads go through an in-process Dask cluster (engine/pipeline/reader.py).
+- ``DaskRunner``: the workers of a Dask cluster, each holding one ``Engine`` (a worker plugin
+  builds it once). Whole slides go to workers as paths, never as bytes; each worker reads, decodes,
+  infers and writes its slide's outputs into the shared OUT (atomically, marker last) and returns
+  only the status and the differential row. ``--workers N`` starts N local worker processes,
+  ``--gpus 0,1`` one per GPU (each sees only its own), ``--scheduler ADDRESS`` uses an existing
+  cluster whose workers see the same files. A worker that dies mid-slide: the scheduler gives the
+  slide to another worker, which redoes it from scratch (its marker was removed first), so no cell
+  is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from bmengine.engine.pipeline.engine import Engine, EngineSpec
+from bmengine.engine.pipeline.slide_job import SlideJob, SlideStatus, run_slide
+
+OnDone = Callable[[SlideStatus, "dict | None"], None]
+PLUGIN_NAME = "bmengine-engine"
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, jobs: list[SlideJob], on_started: Callable[[SlideJob], None], on_done: OnDone,
+            on_crops: Callable[[int], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalRunner:
+    name = "local"
+
+    def __init__(self, engine: Engine, threads: int = 2, stores: dict | None = None):
+        from bmengine.engine.pipeline.reader import DaskCropReader
+
+        self.engine = engine
+        self.reader = DaskCropReader(None, threads=threads)
+        self.stores = stores or {}  # store path -> the store the planner opened already
+
+    def run(self, jobs, on_started, on_done, on_crops) -> None:
+        for job in jobs:
+            on_started(job)
+            on_done(*run_slide(job, self.engine, self.reader, "local", on_crops, self.stores.get(job.store)))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class EnginePlugin(WorkerPlugin):
+    """Builds the worker's Engine once, when the worker starts or joins."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.engine: Engine | None = None
+        self.reader = None
+
+    def setup(self, worker) -> None:
+        from bmengine.engine.pipeline.reader import LocalCropReader
+
+        self.engine = Engine.load(self.spec)
+        self.reader = LocalCropReader()
+
+    def teardown(self, worker) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+def classify_on_worker(job: SlideJob) -> tuple[SlideStatus, dict | None]:
+    """The Dask task: one whole slide, on whichever worker the scheduler picked."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    plugin = worker.plugins[PLUGIN_NAME]
+    return run_slide(job, plugin.engine, plugin.reader, worker=str(worker.name))
+
+
+@dataclass
+class ClusterRequest:
+    """Which cluster a DaskRunner uses: an address, N local CPU workers, or one worker per GPU."""
+
+    scheduler: str | None = None
+    workers: int = 0
+    gpus: tuple[int, ...] = ()
+    threads: int = 2
+
+
+def start_cluster(request: ClusterRequest):
+    """(client, cluster or None): a client of an existing scheduler, or of local worker processes."""
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    if request.scheduler:
+        return Client(request.scheduler, timeout="30s"), None
+    if request.gpus:  # one worker process per GPU, pinned by CUDA_VISIBLE_DEVICES (it sees device 0)
+        workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
+                   for gpu in request.gpus}
+        cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
+    else:
+        cluster = LocalCluster(n_workers=request.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    return Client(cluster), cluster
+
+
+class DaskRunner:
+    name = "dask"
+
+    def __init__(self, spec: EngineSpec, request: ClusterRequest):
+        self.client, self.cluster = start_cluster(request)
+        self.client.register_plugin(EnginePlugin(spec), name=PLUGIN_NAME)
+
+    def run(self, jobs, on_started, on_done, on_crops) -> None:
+        from distributed import as_completed
+
+        futures = {}
+        for job in jobs:
+            key = f"bmengine-slide-{job.slide_id}-{uuid.uuid4().hex[:8]}"
+            futures[self.client.submit(classify_on_worker, job, key=key, pure=False)] = job
+            on_started(job)
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                status, row = future.result()
+            except Exception as exc:  # the task itself failed: a worker died more often than Dask allows
+                status, row = SlideStatus(job.slide_id, str(job.store), "failed", n_crops=job.n_cells,
+                                          error=f"{type(exc).__name__}: {exc}", worker="?"), None
+            if status.status == "ok":
+                on_crops(job.n_cells)
+            on_done(status, row)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()

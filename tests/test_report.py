@@ -128,3 +128,24 @@ def test_number_formatting():
     assert fmt_ci(12.34, 18.96) == "12.3\u201319.0"
     assert fmt_ci(4.0, float("inf")) == "4.0\u2013\u221e"
     assert fmt_ci(float("nan"), 1.0) == "\u2014"
+
+
+def test_each_histogram_is_drawn_once_and_the_report_inlines_its_bytes(tmp_path):
+    row = summarize_slide("s1", _cells(PBC, PBC_COUNTS, labels=False), PBC)
+    drawn = plot_histogram(row, PBC, tmp_path / "s1" / "histogram.png", title="as the slide writer drew it")
+    text = write_report(tmp_path, _run_info(PBC), [row], [{"slide_id": "s1", "status": "ok"}], PBC).read_text()
+    (source,) = re.findall(r'src="data:image/png;base64,([^"]*)"', text)
+    assert base64.b64decode(source) == drawn.read_bytes()
+
+
+def test_an_archive_above_the_inline_limit_gets_an_index_that_links_each_histogram(tmp_path, monkeypatch):
+    import bmengine.engine.outputs.report as report
+
+    monkeypatch.setattr(report, "INLINE_SLIDES", 3)
+    rows = [summarize_slide(f"s{i}", _cells(PBC, PBC_COUNTS, labels=False), PBC) for i in range(4)]
+    statuses = [{"slide_id": f"s{i}", "status": "ok"} for i in range(4)]
+    text = write_report(tmp_path, _run_info(PBC), rows, statuses, PBC).read_text()
+    assert "data:image" not in text and "<section" not in text
+    assert all(f'href="s{i}/histogram.png"' in text for i in range(4))
+    small = write_report(tmp_path, _run_info(PBC), rows[:3], statuses[:3], PBC).read_text()
+    assert small.count("data:image/png;base64,") == 3

@@ -3,6 +3,11 @@
 Self-contained means it survives being e-mailed or archived: inline CSS, histograms as base64
 PNG data URIs, no scripts, no external assets. Every piece of text from outside (slide ids, error
 messages, model names) is HTML-escaped.
+
+Each histogram is drawn once, when its slide is written (``<slide>/histogram.png``); the report
+inlines those bytes. An archive of more than ``INLINE_SLIDES`` slides gets an index instead: the
+summary table, each slide linking to its own histogram beside the report, so a 10,000-slide
+report stays a few MB and is built without drawing anything.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import html
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from bmengine.engine.outputs.atomic import atomic_write_bytes
 from bmengine.engine.outputs.differential import derived_columns, figure_interval_kind
@@ -19,6 +25,7 @@ from bmengine.engine.outputs.plots import histogram_png
 from bmengine.engine.taxonomy import Taxonomy
 
 REPORT_NAME = "report.html"
+INLINE_SLIDES = 200  # above this, the report is an index whose slides link to <slide>/histogram.png
 DASH = "\u2014"
 
 CSS = """
@@ -124,7 +131,7 @@ def _figure_value(figure, value: object) -> str:
     return f"{_num(value):.2f}" if figure.kind == "ratio" and math.isfinite(_num(value)) else fmt_pct(value)
 
 
-def _summary(entries: list[tuple[str, dict]], rows: dict[str, dict], taxonomy: Taxonomy) -> str:
+def _summary(entries: list[tuple[str, dict]], rows: dict[str, dict], taxonomy: Taxonomy, index: bool = False) -> str:
     """One line per store in run order; a failed store shows no counts, even if its slide id has some
     (two stores with one id: the first ran, the second failed, and each row says so)."""
     header = ["Slide", "Patient", "Status", "Crops", "Counted", "Errors", "QC-flagged", "Seconds"]
@@ -133,7 +140,8 @@ def _summary(entries: list[tuple[str, dict]], rows: dict[str, dict], taxonomy: T
     anchors = {sid: i for i, sid in enumerate(rows)}
     for slide_id, status in entries:
         row = rows.get(slide_id, {}) if status.get("status") != "failed" else {}
-        link = f'<a href="#slide-{anchors[slide_id]}">{_e(slide_id)}</a>' if row else _e(slide_id)
+        target = f"{_e(slide_id)}/histogram.png" if index else f"#slide-{anchors.get(slide_id)}"
+        link = f'<a href="{target}">{_e(slide_id)}</a>' if row else _e(slide_id)
         cells = [link, _e(row.get("patient_id") or DASH), _status(status.get("status", "ok")),
                  _e(row.get("n_crops", status.get("n_crops", DASH))), _e(row.get("n_cells", DASH)),
                  _e(row.get("n_errors", status.get("n_errors", DASH))), _e(row.get("n_flagged", DASH)),
@@ -204,10 +212,14 @@ def _counts_line(row: dict, status: dict) -> str:
     return "<p>" + " · ".join(parts) + "</p>"
 
 
+def histogram_title(slide_id: str, row: dict) -> str:
+    return f"{slide_id} ({row.get('n_cells', 0)} cells counted)"
+
+
 def _slide_section(index: int, slide_id: str, row: dict, status: dict, taxonomy: Taxonomy,
-                   truth: dict[str, dict[str, float]] | None) -> str:
+                   truth: dict[str, dict[str, float]] | None, drawn: bytes | None) -> str:
     known, source = slide_truth(slide_id, row, taxonomy, truth)
-    png = histogram_png(row, taxonomy, f"{slide_id} ({row.get('n_cells', 0)} cells counted)", known)
+    png = drawn or histogram_png(row, taxonomy, histogram_title(slide_id, row), known)
     image = f'<img alt="cell histogram of {_e(slide_id)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
     patient = f" {DASH} patient {_e(row['patient_id'])}" if row.get("patient_id") else ""
     warning = (f"<p class='domain-warning'><b>Domain warning:</b> {_e(row['domain_warning'])}</p>"
@@ -234,17 +246,26 @@ def _entries(rows: list[dict], statuses: list[dict]) -> list[tuple[str, dict]]:
 
 
 def render_report(run_info: dict, rows: list[dict], statuses: list[dict], taxonomy: Taxonomy,
-                  truth: dict[str, dict[str, float]] | None = None) -> str:
-    """The report's HTML text (see :func:`write_report`)."""
+                  truth: dict[str, dict[str, float]] | None = None,
+                  drawn: Callable[[str], bytes | None] = lambda slide_id: None) -> str:
+    """The report's HTML text (see :func:`write_report`); ``drawn(slide_id)``: the slide's histogram
+    PNG if it was drawn already (else it is drawn here)."""
     by_row = {str(r["slide_id"]): r for r in rows}
     entries = _entries(rows, statuses)
     ran = {}  # slide id -> the status of the store whose row it is (not a failed namesake)
     for sid, status in entries:
         if status.get("status") != "failed":
             ran.setdefault(sid, status)
-    sections = [_slide_section(i, sid, row, ran.get(sid, {}), taxonomy, truth) for i, (sid, row) in enumerate(by_row.items())]
+    index = len(by_row) > INLINE_SLIDES
+    if index:
+        sections = [f"<p class='note'>{len(by_row)} slides: each slide's histogram is linked from the table "
+                    f"(&lt;slide&gt;/histogram.png beside this page); the counts and intervals of every slide are "
+                    f"in differential.csv.</p>"]
+    else:
+        sections = [_slide_section(i, sid, row, ran.get(sid, {}), taxonomy, truth, drawn(sid))
+                    for i, (sid, row) in enumerate(by_row.items())]
     title = f"bmengine report {DASH} {(run_info.get('model') or {}).get('name', '')}"
-    body = (_header(run_info, taxonomy, statuses) + _summary(entries, by_row, taxonomy)
+    body = (_header(run_info, taxonomy, statuses) + _summary(entries, by_row, taxonomy, index)
             + _failures(statuses) + "".join(sections))
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
@@ -259,5 +280,10 @@ def write_report(out_dir: Path, run_info: dict, rows: list[dict], statuses: list
     Written as UTF-8 bytes whatever the locale (the text has en dashes and umlauts).
     """
     path = Path(out_dir) / REPORT_NAME
-    atomic_write_bytes(path, render_report(run_info, rows, statuses, taxonomy, truth).encode("utf-8"))
+
+    def drawn(slide_id: str) -> bytes | None:
+        png = Path(out_dir) / slide_id / "histogram.png"
+        return png.read_bytes() if png.is_file() else None
+
+    atomic_write_bytes(path, render_report(run_info, rows, statuses, taxonomy, truth, drawn).encode("utf-8"))
     return path

@@ -66,18 +66,15 @@ def _time(fn: Callable[[], None], repeats: int) -> list[float]:
 
 def bench(slides_dir: Path, model: Path, batch_size: int = 64, threads: int = 2, repeats: int = 3,
           max_crops: int = 1024) -> dict:
-    from bmengine.engine.backends import BackendOptions, load_backend
+    from bmengine.engine.pipeline.engine import Engine, EngineSpec
     from bmengine.engine.pipeline.reader import DaskCropReader
     from bmengine.engine.pipeline.run import RunConfig, run_engine
-    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
     from bmengine.engine.store import SlideStore, find_slide_stores
 
     store = SlideStore.open(find_slide_stores(slides_dir)[0])
     n = min(store.n_cells, max_crops)
-    backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
-    prep = backend.card.preprocessing
-    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size,
-                                         num_threads=threads, qc_output=True))
+    engine = Engine.load(EngineSpec(Path(model), batch_size=batch_size, threads=threads))  # what `run` sets up
+    backend, pipeline, prep = engine.backend, engine.pipeline, engine.card.preprocessing
     crops = store.read_crops(0, n)
     batches = [crops[i : i + batch_size] for i in range(0, n, batch_size)]
     decoded = [pipeline.decode(b).pixels for b in batches]

@@ -12,7 +12,7 @@ import pandas as pd
 from bmengine.engine.backends.base import Backend
 from bmengine.engine.labels import LabelMap
 from bmengine.engine.pipeline.reader import CropBatch, DaskCropReader
-from bmengine.engine.pipeline.stages import run_ahead
+from bmengine.engine.pipeline.stages import DECODE_AHEAD, run_ahead
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline
 from bmengine.engine.qc import quality_flags
 from bmengine.engine.store.limits import InputLimits
@@ -88,7 +88,7 @@ def classify_slide(
         return batch, readable, decoded
 
     batches = reader.iter_batches(store.path, n, batch_size, limits=limits)
-    for batch, readable, decoded in run_ahead(batches, decode, depth=2):
+    for batch, readable, decoded in run_ahead(batches, decode, depth=DECODE_AHEAD):
         if whole_store is not None:
             whole_store.update(batch)
         errors[batch.start : batch.stop] = batch.errors

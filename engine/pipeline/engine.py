@@ -43,7 +43,8 @@ class Engine:
         card = backend.card
         pipeline = CropPipeline(PipelineSpec.from_preprocessing(
             card.preprocessing, device=backend.device, batch_size=spec.batch_size, num_threads=spec.threads,
-            device_id=spec.device_id, qc_output=True), limits=spec.limits)
+            device_id=spec.device_id, qc_output=True), limits=spec.limits,
+            cuda_stream=getattr(backend, "input_stream", None))  # GPU: DALI's outputs land on the backend's stream
         label_map = LabelMap.load(spec.label_map, card.classes) if spec.label_map is not None else LabelMap()
         return cls(spec, backend, pipeline, label_map, resume.card_digest(card_path_for(Path(spec.model))))
 

@@ -20,6 +20,11 @@ class _Failure:
     error: BaseException
 
 
+#: batches the decode thread may finish ahead of inference (the queue between them). A GPU backend
+#: sizes its ring of input buffers from it: this many queued + one being staged + one being inferred.
+DECODE_AHEAD = 2
+
+
 def run_ahead(items: Iterable[Any], work: Callable[[Any], Any], depth: int = 2, timeout: float = 600.0) -> Iterator[Any]:
     """Yield ``work(item)`` for each item, computed in a background thread ``depth`` items ahead."""
     out: queue.Queue = queue.Queue(maxsize=depth)

@@ -99,9 +99,12 @@ class CropPipeline:
     header is read first: one above the pixel cap (a decompression bomb) never reaches the decoder.
     """
 
-    def __init__(self, spec: PipelineSpec, limits: InputLimits | None = None):
+    def __init__(self, spec: PipelineSpec, limits: InputLimits | None = None, cuda_stream: int | None = None):
         self.spec = spec
         self.limits = limits or InputLimits()
+        # GPU: the stream the outputs are returned on (the backend's copy stream), so `run` does not
+        # wait on the host for them (nvidia/dali/pipeline.py, Pipeline.run(cuda_stream, /, ...))
+        self.cuda_stream = cuda_stream if spec.device == "gpu" else None
         self._pipe = None
 
     def _pipeline(self):
@@ -113,7 +116,7 @@ class CropPipeline:
     def _run(self, samples: Sequence[np.ndarray]) -> tuple:
         pipe = self._pipeline()
         pipe.feed_input("encoded", list(samples))
-        return pipe.run()
+        return pipe.run(self.cuda_stream) if self.cuda_stream is not None else pipe.run()
 
     def _decoded(self, outputs: tuple, good: list[int], errors: list[str | None], headers: list) -> Decoded:
         qc = None

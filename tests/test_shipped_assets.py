@@ -35,7 +35,11 @@ def test_default_model_card_records_both_precisions():
     assert card.training["command"] and card.training["train_seconds"] > 0 and card.training["train_img_per_s"] > 0
 
 
-SHIPPING_BAR = 0.97  # int8 validation macro-F1 a re-trained default must reach (issue 3's target)
+# int8 validation macro-F1 a re-trained default must reach. Issue 3 set 0.97; the default retrained
+# for other labs' slides (issue 10: cellavision_blog 0.27 -> 0.41, tecom 0.07 -> 0.29) claims
+# 0.9675 on its own split, and the bar was lowered to 0.965 with that trade-off put to the product
+# owner (closing note of stop 16). The sample check below still holds the card's claim to +-3 SE.
+SHIPPING_BAR = 0.965
 HELD_OUT_SAMPLE = ASSETS / "shipped_heldout_sample.csv"  # tests/assets/make_shipped_heldout_sample.py
 
 
@@ -72,7 +76,7 @@ def test_default_model_meets_the_shipping_bar_on_held_out_crops():
     errors (0.966) with probability about 0.1%; one 2-3 points worse than its card (or fed crops
     resized or normalised differently) fails. The same bound holds macro-F1 to the card's fp32
     macro-F1 (no fp32 file ships; int8 and fp32 differ by 0.0005 on the card's 2399 crops, far
-    inside it). The shipping bar (0.97) applies to the card's claim on 2399 crops (standard error
+    inside it). The shipping bar (SHIPPING_BAR) applies to the card's claim on 2399 crops (standard error
     0.0023) once the sample shows that claim holds. Recorded predictions (made when the sample was
     drawn) must still come out, bar at most 1% of crops: the engine's path has not drifted.
     """

@@ -16,6 +16,9 @@ def export(
     int8_ops: Annotated[str, typer.Option(
         help="Operators quantised to int8: all, conv (Conv/Gemm only), or auto (conv for attention "
              "models with softmax/LayerNorm, else all).")] = "auto",
+    int8_calibration: Annotated[str, typer.Option(
+        help="How int8 activation ranges are set from the calibration crops: percentile (99.99th), minmax "
+             "or entropy.")] = "percentile",
     evaluate: Annotated[bool, typer.Option(help="Score both models on the run's validation split.")] = True,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card (default: file stem).")] = None,
     ood: Annotated[bool, typer.Option(
@@ -33,8 +36,8 @@ def export(
         raise typer.Exit(2)
     try:
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
-                           name=name, int8_ops=int8_ops, ood=ood, false_flag_rate=false_flag_rate,
-                           calibrate=calibrate)
+                           name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
+                           false_flag_rate=false_flag_rate, calibrate=calibrate)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

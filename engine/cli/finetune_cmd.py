@@ -30,7 +30,7 @@ def finetune(
 
     if not checkpoint.is_file():
         typer.echo(f"error: {checkpoint}: checkpoint not found (fine-tuning needs the trainer checkpoint a model "
-                   "was exported from, e.g. runs/default-pbc-coatnet/checkpoints/last.pt from `make default-model`)",
+                   "was exported from, e.g. runs/default-cross-lab/checkpoints/last.pt from `make default-model`)",
                    err=True)
         raise typer.Exit(2)
     cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,

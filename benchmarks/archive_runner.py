@@ -12,7 +12,7 @@ Rows, all through the real CLI (`bmengine run`, a fresh process each, start-up i
   no store, no write), the most the run could reach;
 - **naive lab script**: PIL decode + resize to 224, PyTorch eager fp32 RegNetX-3.2GF, batch 32, on
   the first `--naive-crops` crops (start-up included), the way a lab would script it;
-- **peak RSS**: `bmengine run` on 10 and on 500 stores of 20 cells (the process's ru_maxrss).
+- **peak RSS**: `bmengine run` on 10 and on 500 stores of `--rss-cells` cells (the process's ru_maxrss).
 Crops/s of a row = crops / wall seconds of its command. Medians of `--repeats`.
 """
 
@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rss-cells", type=int, default=10, help="cells per slide of the peak-RSS archives")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from bmengine.engine.bench import machine_info
@@ -145,8 +146,8 @@ def main() -> None:
     crops = pbc_crops(args.crops)
     one = build_archive(crops, len(crops), args.work / "one")
     archive = build_archive(crops, 200, args.work / "archive")
-    small10 = build_archive(pbc_crops(200), 20, args.work / "rss10")
-    small500 = build_archive(pbc_crops(10000), 20, args.work / "rss500")
+    small10 = build_archive(pbc_crops(10 * args.rss_cells), args.rss_cells, args.work / "rss10")
+    small500 = build_archive(pbc_crops(500 * args.rss_cells), args.rss_cells, args.work / "rss500")
     out = args.work / "out"
     n, rows = len(crops), {}
     common = ("--threads", str(args.threads), "--batch-size", str(args.batch_size))
@@ -158,8 +159,8 @@ def main() -> None:
     rows["backend-only ceiling"] = ceiling(crops, args.model, args.batch_size, args.threads, args.repeats)
     for row in rows.values():
         row["crops_per_second"] = round(n / row["median_seconds"], 1)
-    rss = {"10 slides x 20 cells": run_row(small10, args.model, out, 1, *common)["peak_rss_mb"],
-           "500 slides x 20 cells": run_row(small500, args.model, out, 1, *common)["peak_rss_mb"]}
+    rss = {f"10 slides x {args.rss_cells} cells": run_row(small10, args.model, out, 1, *common)["peak_rss_mb"],
+           f"500 slides x {args.rss_cells} cells": run_row(small500, args.model, out, 1, *common)["peak_rss_mb"]}
     try:
         lab = naive(crops[: args.naive_crops], args.threads, args.work)
         lab["crops_per_second"] = round(lab["crops"] / lab["seconds"], 1)

@@ -19,9 +19,10 @@ def test_suffixes_map_to_backends():
 
 def test_int8_agrees_with_fp32_on_real_crops(tiny_model):
     """The test model is trained (mean top probability > 0.8), so a wrong int8 model shows. On
-    64 crops it never saw, measured: argmax agrees on 63, max |dp| 0.041, mean |dp| 0.0009.
-    Bounds: at most 2 flips (int8 moves only crops near a decision boundary), max |dp| < 0.1,
-    mean |dp| < 0.005. Two swapped class columns give |dp| near 1 and 11-21 flips."""
+    64 crops it never saw, measured for the symmetric (TensorRT-ready) int8 export with percentile
+    ranges: argmax agrees on 64, max |dp| 0.21 (one crop near a decision boundary), mean |dp|
+    0.004 (the asymmetric export before it: 63, 0.041, 0.0009). Bounds: at most 2 flips, max |dp|
+    < 0.3, mean |dp| < 0.01. Two swapped class columns give |dp| near 1 and 11-21 flips."""
     classes = load_card(tiny_model).classes
     files = [f for cls in classes for f in pbc_files(cls, 8, offset=40)]
     fp32, _ = predict_files(load_backend(tiny_model.with_name("tiny.onnx")), files)
@@ -30,7 +31,7 @@ def test_int8_agrees_with_fp32_on_real_crops(tiny_model):
     assert np.allclose(fp32.sum(axis=1), 1, atol=1e-4) and np.allclose(int8.sum(axis=1), 1, atol=1e-4)
     assert fp32.max(axis=1).mean() > 0.8, "the test model is near-uniform: int8 errors would not show"
     assert (fp32.argmax(axis=1) != int8.argmax(axis=1)).sum() <= 2
-    assert np.abs(fp32 - int8).max() < 0.1 and np.abs(fp32 - int8).mean() < 0.005
+    assert np.abs(fp32 - int8).max() < 0.3 and np.abs(fp32 - int8).mean() < 0.01
 
 
 def test_torch_backend_matches_onnx_runtime(trained_run, tmp_path):

@@ -213,13 +213,14 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
     from scipy.stats import spearmanr
 
     # the int8 model's features carry quantisation noise, which the precision matrix amplifies in
-    # the directions where training features barely vary: the scores rise (x2.4 on this 6-step
-    # model, x1.3 on the 10-epoch proxies of benchmarks/results/open-set.md) but keep their order,
-    # and the int8 card's threshold is set on the int8 model's own validation scores. The 6-step
-    # model is trained afresh on each machine (thread timing changes its weights): 0.85-0.95 seen,
-    # while a quantised or broken head gives about 0 (+-0.16 on 40 crops)
-    assert spearmanr(fp32, int8).statistic > 0.7
-    assert 0.5 < np.median(int8 / fp32) < 4
+    # the directions where training features barely vary: the scores rise but keep their order, and
+    # the int8 card's threshold is set on the int8 model's own validation scores. Measured with the
+    # symmetric int8 export (percentile ranges): on this 6-step model, trained afresh on each
+    # machine, Spearman 0.66-0.9 and a median ratio of about 5; on the shipped default the two
+    # thresholds are 64 (fp32) and 99 (int8). A quantised or broken head gives Spearman about 0
+    # (+-0.16 on 40 crops).
+    assert spearmanr(fp32, int8).statistic > 0.5
+    assert 0.5 < np.median(int8 / fp32) < 10
     assert card.ood["threshold"] != load_card(trained_run.with_name("tiny.onnx")).ood["threshold"]
 
 

@@ -1,7 +1,7 @@
 """One run at a time per output folder: two runs into one OUT would overwrite each other's slides.
 
 The lock is an advisory ``flock`` on ``OUT/.bmengine.lock``, held for the whole run. The kernel
-releases it when its process ends, however it ends (SIGKILL included), so a killed run never
+releases it when its process ends, however it ends (kill -9 included), so a killed run never
 leaves a lock that blocks the next one. The file also names its holder (host, pid, start, command)
 so a refused run can say who is busy, and a run that takes over from a holder that did not finish
 can say so.

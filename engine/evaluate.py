@@ -1,6 +1,7 @@
 """Score a model on labelled crops through the engine's own path (DALI preprocessing + backend).
 
-What ``bmengine eval`` reports is therefore what ``bmengine run`` does, int8 and all.
+Every function takes the ``Engine`` that ``bmengine run`` sets up (or a loaded backend, wrapped in
+one), so what ``bmengine eval`` reports is what ``bmengine run`` does, int8 and all.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from bmengine.engine.backends import Backend
-from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
-from bmengine.engine.store.limits import InputLimits, read_regular_file
+from bmengine.engine.pipeline.engine import Engine
+from bmengine.engine.store.limits import read_regular_file
 
 
 class FileScores(NamedTuple):
@@ -21,14 +22,16 @@ class FileScores(NamedTuple):
     errors: list[str | None]
 
 
-def score_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
-                progress: Callable[[int], None] | None = None, raw: bool = False) -> FileScores:
+def as_engine(model: Engine | Backend) -> Engine:
+    return model if isinstance(model, Engine) else Engine.around(model)
+
+
+def score_files(model: Engine | Backend, files: Sequence[Path], progress: Callable[[int], None] | None = None,
+                raw: bool = False) -> FileScores:
     """Calibrated probabilities (``raw``: the logits before calibration) and OOD scores for image
     files, through the engine's own decoding; rows of files that fail to decode are NaN."""
-    prep = backend.card.preprocessing
-    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, device=backend.device,
-                                         batch_size=batch_size, num_threads=threads))
-    limits = InputLimits()
+    engine = as_engine(model)
+    backend, pipeline, limits, batch_size = engine.backend, engine.pipeline, engine.spec.limits, engine.spec.batch_size
     probs = np.full((len(files), len(backend.card.classes)), np.nan, dtype=np.float32)
     ood = np.full(len(files), np.nan, dtype=np.float32)
     run = backend.forward if raw else backend.infer
@@ -53,20 +56,22 @@ def score_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, t
     return FileScores(probs, ood, errors)
 
 
-def predict_files(backend: Backend, files: Sequence[Path], batch_size: int = 64, threads: int = 2,
-                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[str | None]]:
+def predict_files(model: Engine | Backend, files: Sequence[Path], progress: Callable[[int], None] | None = None
+                  ) -> tuple[np.ndarray, list[str | None]]:
     """Probabilities (N, C) for image files; rows of files that fail to decode are NaN."""
-    probs, _, errors = score_files(backend, files, batch_size, threads, progress)
+    probs, _, errors = score_files(model, files, progress)
     return probs, errors
 
 
-def evaluate_files(backend: Backend, files: Sequence[Path], labels: np.ndarray, out_dir: Path | None = None,
+def evaluate_files(model: Engine | Backend, files: Sequence[Path], labels: np.ndarray, out_dir: Path | None = None,
                    **kwargs) -> dict:
     """Classification report over the files that decoded (the others are counted in ``n_failed``);
     with ``out_dir``, also the confusion matrix (CSV + PNG) and precision-recall curves (PNG)."""
     from bmengine.engine.metrics import classification_report
 
-    probs, ood, errors = score_files(backend, files, **kwargs)
+    engine = as_engine(model)
+    backend = engine.backend
+    probs, ood, errors = score_files(engine, files, **kwargs)
     ok = ~np.isnan(probs).any(axis=1)
     from bmengine.engine.taxonomy import get_taxonomy
 

@@ -178,14 +178,15 @@ def test_killed_run_resumes_to_the_same_result(slides, tiny_model, reference, tm
     ref_out, _ = reference
     out = tmp_path / "out"
     killed = subprocess.run(KILL_AFTER + ["40", "run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16"],
-                            capture_output=True, text=True)  # S1 has 25 crops: dies inside S2
+                            capture_output=True, text=True)  # S1 has 25 crops: dies once it is written
     assert killed.returncode == -9
-    assert (out / "S1" / "slide.json").is_file() and not (out / "S2" / "slide.json").exists()
+    # S1 is written; S3 (the last) is not: S2's marker is written behind inference, possibly not yet
+    assert (out / "S1" / "slide.json").is_file() and not (out / "S3" / "slide.json").exists()
     assert not (out / "differential.csv").exists()
     resumed = _bmengine("run", slides, "--model", tiny_model, "--out", out, "--batch-size", "16")
     assert resumed.returncode == 3, resumed.stderr
     statuses = {s["slide_id"]: s["status"] for s in json.loads((out / "run.json").read_text())["slides"]}
-    assert statuses == {"S1": "skipped", "S2": "ok", "S3": "ok"}
+    assert statuses["S1"] == "skipped" and statuses["S3"] == "ok" and statuses["S2"] in ("ok", "skipped")
     for slide in SLIDES:
         pd.testing.assert_frame_equal(_cells(out, slide), _cells(ref_out, slide))
     pd.testing.assert_frame_equal(pd.read_parquet(out / "differential.parquet"),
@@ -232,12 +233,12 @@ def test_run_equals_one_by_one_evaluation(slides, tmp_path):
     from pathlib import Path
 
     from bmengine.engine.assets import DEFAULT_MODEL
-    from bmengine.engine.backends import load_backend
     from bmengine.engine.evaluate import predict_files
+    from bmengine.engine.pipeline.engine import Engine, EngineSpec
 
     result = _bmengine("run", slides, "--out", tmp_path, "--batch-size", "8")
     assert result.returncode == 3, result.stderr
     cells = _cells(tmp_path, "S1")
-    expected, _ = predict_files(load_backend(DEFAULT_MODEL), [Path(s) for s in cells["source"]], batch_size=8)
+    expected, _ = predict_files(Engine.load(EngineSpec(DEFAULT_MODEL, batch_size=8)), [Path(s) for s in cells["source"]])
     got = cells[[c for c in cells.columns if c.startswith("prob_")]].to_numpy()
     assert np.allclose(got, expected, atol=1e-5)

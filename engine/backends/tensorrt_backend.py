@@ -21,6 +21,7 @@ before its inference has been enqueued.
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,8 @@ class TensorRTBackend(Backend):
             raise ModelCardError(f"{model_path}: built for another machine: {why}. A plan runs only where it was "
                                  f"built; compile {source} here with `bmengine compile`")
         self._trt = trt
+        self._thread = threading.local()  # which threads have made the device current
+        self._thread.on_device = True
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self.runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if self.engine is None:
@@ -127,8 +130,17 @@ class TensorRTBackend(Backend):
         size = int(shape[-1]) if int(shape[-1]) > 0 else None
         return ModelIO(size, self.num_classes, self.output_names)
 
+    def _on_device(self) -> None:
+        """Make the backend's GPU current in the calling thread. The current device is per host
+        thread (CUDA Runtime API, cudaSetDevice), and the slide stream stages and infers in threads
+        of its own: without this, every thread but the constructor's would use device 0."""
+        if not getattr(self._thread, "on_device", False):
+            cuda.check(self.cudart.cudaSetDevice(self.options.device_id))
+            self._thread.on_device = True
+
     def stage(self, batch) -> StagedBatch:
         """Queue a decoded batch's copy into the next ring slot (decode thread); no host wait."""
+        self._on_device()
         cudart = self.cudart
         n = int(batch.shape()[0]) if callable(getattr(batch, "shape", None)) else int(batch.shape[0])
         if n > self.options.max_batch_size:
@@ -148,6 +160,7 @@ class TensorRTBackend(Backend):
         return StagedBatch(slot, n)
 
     def forward(self, batch) -> Outputs:
+        self._on_device()
         cudart = self.cudart
         staged = batch if isinstance(batch, StagedBatch) else self.stage(batch)
         n, crop = staged.n, self.card.preprocessing.crop

@@ -27,24 +27,23 @@ def evaluate(
     label_map: LabelMapOption = None,
 ) -> None:
     """Accuracy, macro P/R/F1, per-class F1 and the confusion matrix of MODEL on FOLDER."""
-    from bmengine.engine.backends import BackendOptions, load_backend
-    from bmengine.engine.evaluate import evaluate_files
-    from bmengine.engine.labels import LabelMap
-    from bmengine.engine.model.card import ModelCardError
     from bmengine.engine.dataset import ImageFolder
+    from bmengine.engine.evaluate import evaluate_files
+    from bmengine.engine.model.card import ModelCardError
+    from bmengine.engine.pipeline.engine import Engine, EngineSpec
 
-    try:
-        backend = load_backend(model, BackendOptions(threads=threads, max_batch_size=batch_size))
-        labels_of = LabelMap.load(label_map, backend.card.classes) if label_map is not None else None
-        data = ImageFolder.scan(folder, tuple(backend.card.classes), label_map=labels_of)
+    try:  # the Engine `bmengine run` sets up: same backend, pipeline, limits and label map
+        engine = Engine.load(EngineSpec(model, batch_size=batch_size, threads=threads, label_map=label_map))
+        labels_of = engine.label_map if label_map is not None else None
+        data = ImageFolder.scan(folder, tuple(engine.card.classes), label_map=labels_of)
         files, labels = list(data.files), data.labels
         if held_out:
-            files, labels = _held_out(data, backend.card.training, model)
+            files, labels = _held_out(data, engine.card.training, model)
     except (ModelCardError, FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    report = evaluate_files(backend, files, labels, out_dir=out, batch_size=batch_size, threads=threads)
-    report["model"] = {"path": str(model), "sha256": backend.card.weights_sha256, "name": backend.card.name}
+    report = evaluate_files(engine, files, labels, out_dir=out)
+    report["model"] = {"path": str(model), "sha256": engine.card.weights_sha256, "name": engine.card.name}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

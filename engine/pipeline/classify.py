@@ -62,6 +62,56 @@ class _WholeStoreDigest:
                                     "written at ingest; re-ingest this slide")
 
 
+def decode_batch(batch: CropBatch, pipeline: CropPipeline, backend: Backend):
+    """Decode stage: a batch's readable crops -> (their positions in the batch, the decoded batch,
+    handed to the backend to stage)."""
+    readable = [i for i, crop in enumerate(batch.crops) if crop is not None]
+    decoded = pipeline.decode([batch.crops[i] for i in readable])
+    if decoded.good:
+        decoded = decoded._replace(pixels=backend.stage(decoded.pixels))
+    return readable, decoded
+
+
+class SlideAccumulator:
+    """One slide's results, filled batch by batch as inference returns them (batches in order)."""
+
+    def __init__(self, store, backend: Backend):
+        n, n_classes = store.n_cells, len(backend.card.classes)
+        self.backend = backend
+        self.probs = np.full((n, n_classes), np.nan, dtype=np.float32)
+        self.errors: list[str | None] = [None] * n
+        self.qc_flags = [""] * n
+        self.ood_score = np.full(n, np.nan, dtype=np.float32)
+        self.threshold = float(backend.card.ood["threshold"]) if backend.card.ood else None
+        self.whole_store = None if store.has_crop_checksums else _WholeStoreDigest(store)
+
+    def add(self, batch: CropBatch, readable: list[int], decoded) -> None:
+        """Infer one decoded batch and keep its rows."""
+        if self.whole_store is not None:
+            self.whole_store.update(batch)
+        self.errors[batch.start : batch.stop] = batch.errors
+        for i, error in zip(readable, decoded.errors):
+            self.errors[batch.start + i] = error
+        if not decoded.good:
+            return
+        rows = batch.start + np.asarray(readable)[np.asarray(decoded.good)]
+        inference = self.backend.infer(decoded.pixels)
+        self.probs[rows] = inference.probs
+        if decoded.qc is not None:
+            for row, flag in zip(rows, quality_flags(decoded.qc, decoded.shapes)):
+                self.qc_flags[row] = flag
+        if inference.ood_score is not None:
+            self.ood_score[rows] = inference.ood_score
+            if self.threshold is not None:
+                for row in rows[inference.ood_score > self.threshold]:
+                    self.qc_flags[row] = add_flag(self.qc_flags[row], UNKNOWN_FLAG)
+
+    def finish(self) -> SlideResult:
+        if self.whole_store is not None:
+            self.whole_store.check()
+        return SlideResult(self.probs, self.errors, self.qc_flags, self.ood_score)
+
+
 def classify_slide(
     store,
     reader: DaskCropReader,
@@ -71,46 +121,16 @@ def classify_slide(
     on_batch: Callable[[int], None] | None = None,
     limits: InputLimits | None = None,
 ) -> SlideResult:
-    """Every crop of ``store`` -> probabilities, or an error naming why that crop has none."""
-    n, n_classes = store.n_cells, len(backend.card.classes)
-    probs = np.full((n, n_classes), np.nan, dtype=np.float32)
-    errors: list[str | None] = [None] * n
-    qc_flags = [""] * n
-    ood_score = np.full(n, np.nan, dtype=np.float32)
-    threshold = float(backend.card.ood["threshold"]) if backend.card.ood else None
-    whole_store = None if store.has_crop_checksums else _WholeStoreDigest(store)
-
-    def decode(batch: CropBatch):
-        readable = [i for i, crop in enumerate(batch.crops) if crop is not None]
-        decoded = pipeline.decode([batch.crops[i] for i in readable])
-        if decoded.good:
-            decoded = decoded._replace(pixels=backend.stage(decoded.pixels))
-        return batch, readable, decoded
-
-    batches = reader.iter_batches(store.path, n, batch_size, limits=limits)
-    for batch, readable, decoded in run_ahead(batches, decode, depth=DECODE_AHEAD):
-        if whole_store is not None:
-            whole_store.update(batch)
-        errors[batch.start : batch.stop] = batch.errors
-        for i, error in zip(readable, decoded.errors):
-            errors[batch.start + i] = error
-        if decoded.good:
-            rows = batch.start + np.asarray(readable)[np.asarray(decoded.good)]
-            inference = backend.infer(decoded.pixels)
-            probs[rows] = inference.probs
-            if decoded.qc is not None:
-                for row, flag in zip(rows, quality_flags(decoded.qc, decoded.shapes)):
-                    qc_flags[row] = flag
-            if inference.ood_score is not None:
-                ood_score[rows] = inference.ood_score
-                if threshold is not None:
-                    for row in rows[inference.ood_score > threshold]:
-                        qc_flags[row] = add_flag(qc_flags[row], UNKNOWN_FLAG)
+    """Every crop of one ``store`` -> probabilities, or an error naming why that crop has none.
+    (A run streams many slides through the same stages: engine/pipeline/stream.py.)"""
+    slide = SlideAccumulator(store, backend)
+    batches = reader.iter_batches(store.path, store.n_cells, batch_size, limits=limits)
+    for batch, (readable, decoded) in run_ahead(batches, lambda b: (b, decode_batch(b, pipeline, backend)),
+                                                depth=DECODE_AHEAD):
+        slide.add(batch, readable, decoded)
         if on_batch:
             on_batch(batch.stop - batch.start)
-    if whole_store is not None:
-        whole_store.check()
-    return SlideResult(probs, errors, qc_flags, ood_score)
+    return slide.finish()
 
 
 def cells_table(store, result: SlideResult, classes: list[str], label_map: LabelMap | None = None) -> pd.DataFrame:

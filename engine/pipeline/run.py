@@ -25,7 +25,7 @@ from bmengine.engine.outputs.atomic import atomic_write_text
 from bmengine.engine.outputs.history import run_history
 from bmengine.engine.outputs.lock import OutputLock
 from bmengine.engine.pipeline import resume
-from bmengine.engine.pipeline.engine import Engine, EngineSpec
+from bmengine.engine.pipeline.engine import Engine, EngineSpec, ModelRef
 from bmengine.engine.pipeline.shard import Shard
 from bmengine.engine.pipeline.slide_job import (  # noqa: F401  (SlideStatus is part of this module's API)
     DAMAGE_PREFIX,
@@ -149,7 +149,7 @@ class Plan:
         return [entry for _, entry in self.entries if isinstance(entry, SlideJob)]
 
 
-def plan_run(cfg: RunConfig, engine: Engine, stores: list[Path], warnings: list[str], progress: Progress) -> Plan:
+def plan_run(cfg: RunConfig, engine: Engine | ModelRef, stores: list[Path], warnings: list[str], progress: Progress) -> Plan:
     """Open every store, refuse duplicate ids, and let resume decide what is already done."""
     from bmengine.engine.store import SlideStore
 
@@ -208,7 +208,8 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
     if cfg.shard is not None:
         stores = cfg.shard.select(stores)
-    engine = Engine.load(cfg.engine_spec)  # the planner's (and the local runner's) engine
+    # the local runner's engine; a Dask client plans from the card alone (its workers load the model)
+    engine = ModelRef.load(cfg.engine_spec) if cfg.distributed else Engine.load(cfg.engine_spec)
     with OutputLock(cfg.out_dir, cfg.shard.name if cfg.shard else None) as lock:  # creates OUT; refuses a 2nd run
         warnings: list[str] = []
         if lock.stale is not None:
@@ -247,7 +248,7 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
                                   crops_classified, classify_seconds)
 
 
-def _write_run_outputs(cfg: RunConfig, engine: Engine, statuses: list[SlideStatus], rows: list[dict],
+def _write_run_outputs(cfg: RunConfig, engine: Engine | ModelRef, statuses: list[SlideStatus], rows: list[dict],
                        truth: dict, warnings: list[str], started: str, t0: float, crops_classified: int,
                        classify_seconds: float) -> RunResult:
     from bmengine.engine.outputs.differential import write_differential

@@ -1,11 +1,14 @@
 """Runners: who classifies the planned slides. One interface, two implementations.
 
-- ``LocalRunner`` (the default, and the demo's): this process, one slide after another; its crop
-  reads go through an in-process Dask cluster (engine/pipeline/reader.py).
-- ``DaskRunner``: the workers of a Dask cluster, each holding one ``Engine`` (a worker plugin
-  builds it once). Whole slides go to workers as paths, never as bytes; each worker reads, decodes,
-  infers and writes its slide's outputs into the shared OUT (atomically, marker last) and returns
-  only the status and the differential row. ``--workers N`` starts N local worker processes,
+- ``LocalRunner`` (the default, and the demo's): this process; every slide goes through one slide
+  stream (engine/pipeline/stream.py) that never drains between slides; its crop reads go through
+  an in-process Dask cluster (engine/pipeline/reader.py).
+- ``DaskRunner``: the workers of a Dask cluster, each holding one ``Engine`` and its slide stream (a
+  worker plugin builds them once). Whole slides go to workers as paths, never as bytes; each task
+  submits its slide to its worker's stream, which reads, decodes, infers and writes the slide's
+  outputs into the shared OUT (atomically, marker last); the task returns only the status and the
+  differential row. Each worker runs ``SLIDES_PER_WORKER`` tasks at once, so its stream always
+  holds the next slide while it classifies the current one. ``--workers N`` starts N local worker processes,
   ``--gpus 0,1`` one per GPU (each sees only its own), ``--scheduler ADDRESS`` uses an existing
   cluster whose workers see the same files. A worker that dies mid-slide: the scheduler gives the
   slide to another worker, which redoes it from scratch (its marker was removed first), so no cell
@@ -21,10 +24,12 @@ from typing import Callable, Protocol
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from bmengine.engine.pipeline.engine import Engine, EngineSpec
-from bmengine.engine.pipeline.slide_job import SlideJob, SlideStatus, run_slide
+from bmengine.engine.pipeline.slide_job import SlideJob, SlideStatus
 
 OnDone = Callable[[SlideStatus, "dict | None"], None]
 PLUGIN_NAME = "bmengine-engine"
+#: task threads per Dask worker: slides a worker's stream holds at once (one classifying, one queued)
+SLIDES_PER_WORKER = 2
 
 
 class Runner(Protocol):
@@ -47,16 +52,22 @@ class LocalRunner:
         self.stores = stores or {}  # store path -> the store the planner opened already
 
     def run(self, jobs, on_started, on_done, on_crops) -> None:
-        for job in jobs:
-            on_started(job)
-            on_done(*run_slide(job, self.engine, self.reader, "local", on_crops, self.stores.get(job.store)))
+        from bmengine.engine.pipeline.stream import SlideStream
+
+        stream = SlideStream(self.engine, self.reader, "local", on_started=on_started, on_crops=on_crops)
+        try:
+            futures = [stream.submit(job, self.stores.get(job.store)) for job in jobs]
+            for future in futures:  # a single stream finishes slides in the order they went in
+                on_done(*future.result())
+        finally:
+            stream.close()
 
     def close(self) -> None:
         self.reader.close()
 
 
 class EnginePlugin(WorkerPlugin):
-    """Builds the worker's Engine once, when the worker starts or joins."""
+    """Builds the worker's Engine and slide stream once, when the worker starts or joins."""
 
     name = PLUGIN_NAME
 
@@ -64,25 +75,28 @@ class EnginePlugin(WorkerPlugin):
         self.spec = spec
         self.engine: Engine | None = None
         self.reader = None
+        self.stream = None
 
     def setup(self, worker) -> None:
         from bmengine.engine.pipeline.reader import LocalCropReader
+        from bmengine.engine.pipeline.stream import SlideStream
 
         self.engine = Engine.load(self.spec)
         self.reader = LocalCropReader()
+        self.stream = SlideStream(self.engine, self.reader, worker=str(worker.name))
 
     def teardown(self, worker) -> None:
+        if self.stream is not None:
+            self.stream.close()
         if self.engine is not None:
             self.engine.close()
 
 
 def classify_on_worker(job: SlideJob) -> tuple[SlideStatus, dict | None]:
-    """The Dask task: one whole slide, on whichever worker the scheduler picked."""
+    """The Dask task: one whole slide through the stream of whichever worker the scheduler picked."""
     from distributed import get_worker
 
-    worker = get_worker()
-    plugin = worker.plugins[PLUGIN_NAME]
-    return run_slide(job, plugin.engine, plugin.reader, worker=str(worker.name))
+    return get_worker().plugins[PLUGIN_NAME].stream.submit(job).result()
 
 
 @dataclass
@@ -102,11 +116,11 @@ def start_cluster(request: ClusterRequest):
     if request.scheduler:
         return Client(request.scheduler, timeout="30s"), None
     if request.gpus:  # one worker process per GPU, pinned by CUDA_VISIBLE_DEVICES (it sees device 0)
-        workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
+        workers = {f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": SLIDES_PER_WORKER, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
                    for gpu in request.gpus}
         cluster = SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
     else:
-        cluster = LocalCluster(n_workers=request.workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=request.workers, threads_per_worker=SLIDES_PER_WORKER, processes=True,
                                dashboard_address=None)
     return Client(cluster), cluster
 

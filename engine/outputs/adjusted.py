@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 N_BOOTSTRAP = 1000
-EM_STEPS = 300
+EM_STEPS = 300  # at most; EM stops earlier once no share moves by more than EM_TOLERANCE
+EM_TOLERANCE = 1e-9
 
 
 def _row_normalised(confusion: np.ndarray) -> np.ndarray:
@@ -28,7 +29,8 @@ def _row_normalised(confusion: np.ndarray) -> np.ndarray:
     return confusion / np.where(totals > 0, totals, 1.0)
 
 
-def em_proportions(counts: np.ndarray, rates: np.ndarray, steps: int = EM_STEPS) -> np.ndarray:
+def em_proportions(counts: np.ndarray, rates: np.ndarray, steps: int = EM_STEPS,
+                   tolerance: float = EM_TOLERANCE) -> np.ndarray:
     """ML true-class proportions for predicted ``counts`` (…, C) under misclassification ``rates``
     (…, C, C), rows true, columns predicted; batched over leading axes."""
     counts = np.asarray(counts, dtype=np.float64)
@@ -37,9 +39,20 @@ def em_proportions(counts: np.ndarray, rates: np.ndarray, steps: int = EM_STEPS)
     for _ in range(steps):
         q = np.einsum("...i,...ij->...j", p, rates)
         ratio = np.divide(observed, q, out=np.zeros_like(q), where=q > 0)
-        p = p * np.einsum("...ij,...j->...i", rates, ratio)
-        p /= np.maximum(p.sum(axis=-1, keepdims=True), 1e-300)
+        updated = p * np.einsum("...ij,...j->...i", rates, ratio)
+        updated /= np.maximum(updated.sum(axis=-1, keepdims=True), 1e-300)
+        moved = np.abs(updated - p).max(initial=0.0)
+        p = updated
+        if moved < tolerance:  # every replicate has settled
+            break
     return p
+
+
+def dirichlet_rows(rng: np.random.Generator, alphas: np.ndarray, n: int) -> np.ndarray:
+    """``n`` draws of a matrix whose every row is Dirichlet(that row of ``alphas``): (n, C, C).
+    Normalised gamma draws, all at once (numpy's ``dirichlet`` takes one alpha vector per call)."""
+    gamma = rng.standard_gamma(np.broadcast_to(alphas, (n, *alphas.shape)))
+    return gamma / np.maximum(gamma.sum(axis=-1, keepdims=True), 1e-300)
 
 
 def adjusted_proportions(counts: np.ndarray, confusion: np.ndarray, confidence: float = 0.95,
@@ -60,8 +73,7 @@ def adjusted_proportions(counts: np.ndarray, confusion: np.ndarray, confidence: 
         nan = np.full(counts.shape, np.nan)
         return nan, nan, nan
     rng = np.random.default_rng(seed)
-    rates = rng.dirichlet  # one row at a time below: numpy's dirichlet is not batched over alphas
-    drawn = np.stack([np.stack([rates(row + 0.5) for row in confusion]) for _ in range(n_bootstrap)])
+    drawn = dirichlet_rows(rng, confusion + 0.5, n_bootstrap)
     fitted_q = estimate @ _row_normalised(confusion)
     slides = rng.multinomial(n, fitted_q / fitted_q.sum(), size=n_bootstrap)
     replicates = em_proportions(slides, drawn)

@@ -13,7 +13,10 @@ Rows, all through the real CLI (`bmengine run`, a fresh process each, start-up i
 - **naive lab script**: PIL decode + resize to 224, PyTorch eager fp32 RegNetX-3.2GF, batch 32, on
   the first `--naive-crops` crops (start-up included), the way a lab would script it;
 - **peak RSS**: `bmengine run` on 10 and on 500 stores of `--rss-cells` cells (the process's ru_maxrss).
-Crops/s of a row = crops / wall seconds of its command. Medians of `--repeats`.
+Crops/s of a row = crops / wall seconds of its command (start-up, planning and the report
+included); ``run_json_crops_per_second`` is what the run itself records: crops / seconds of its
+classifying phase (runner start to last slide written). Medians of `--repeats`; the rows take turns
+(repeat 1 of every row, then repeat 2, ...), so a slow spell of this shared machine hits all alike.
 """
 
 from __future__ import annotations
@@ -72,15 +75,23 @@ def timed_run(args: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss // 1024
 
 
-def run_row(slides: Path, model: Path, out: Path, repeats: int, *extra: str) -> dict:
-    seconds, rss = [], []
+def run_once(slides: Path, model: Path, out: Path, *extra: str) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS MB, the crops/s its run.json records) of one `bmengine run`."""
+    shutil.rmtree(out, ignore_errors=True)
+    seconds, rss = timed_run(BMENGINE + ["run", str(slides), "--model", str(model), "--out", str(out), *extra])
+    return seconds, rss, json.loads((out / "run.json").read_text())["crops_per_second"]
+
+
+def run_rows(plans: dict[str, tuple], model: Path, out: Path, repeats: int) -> dict[str, dict]:
+    """Every row ``name -> (slides, *extra)``, the rows taking turns within each repeat."""
+    runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in plans}
     for _ in range(repeats):
-        shutil.rmtree(out, ignore_errors=True)
-        s, r = timed_run(BMENGINE + ["run", str(slides), "--model", str(model), "--out", str(out), *extra])
-        seconds.append(s)
-        rss.append(r)
-    return {"seconds": [round(s, 2) for s in seconds], "median_seconds": round(statistics.median(seconds), 2),
-            "peak_rss_mb": max(rss)}
+        for name, (slides, *extra) in plans.items():
+            runs[name].append(run_once(slides, model, out, *extra))
+    return {name: {"seconds": [round(s, 2) for s, _, _ in got],
+                   "median_seconds": round(statistics.median(s for s, _, _ in got), 2),
+                   "run_json_crops_per_second": statistics.median(r for _, _, r in got),
+                   "peak_rss_mb": max(m for _, m, _ in got)} for name, got in runs.items()}
 
 
 def ceiling(crops: list[Path], model: Path, batch_size: int, threads: int, repeats: int) -> dict:
@@ -134,7 +145,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/archive-bench"))
     parser.add_argument("--crops", type=int, default=4000)
-    parser.add_argument("--naive-crops", type=int, default=640)
+    parser.add_argument("--naive-crops", type=int, default=0, help="crops for the naive script (0: all of them)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -151,18 +162,21 @@ def main() -> None:
     out = args.work / "out"
     n, rows = len(crops), {}
     common = ("--threads", str(args.threads), "--batch-size", str(args.batch_size))
-    rows["one slide"] = run_row(one, args.model, out, args.repeats, *common)
-    rows["archive of 200-cell slides"] = run_row(archive, args.model, out, args.repeats, *common)
-    rows["archive, --workers 1"] = run_row(archive, args.model, out, args.repeats, "--workers", "1", *common)
-    rows["archive, --workers 2 --threads 1"] = run_row(archive, args.model, out, args.repeats, "--workers", "2",
-                                                       "--threads", "1", "--batch-size", str(args.batch_size))
+    rows.update(run_rows({
+        "one slide": (one, *common),
+        "archive of 200-cell slides": (archive, *common),
+        "archive, --workers 1": (archive, "--workers", "1", *common),
+        "archive, --workers 2 --threads 1": (archive, "--workers", "2", "--threads", "1",
+                                             "--batch-size", str(args.batch_size)),
+    }, args.model, out, args.repeats))
     rows["backend-only ceiling"] = ceiling(crops, args.model, args.batch_size, args.threads, args.repeats)
     for row in rows.values():
         row["crops_per_second"] = round(n / row["median_seconds"], 1)
-    rss = {f"10 slides x {args.rss_cells} cells": run_row(small10, args.model, out, 1, *common)["peak_rss_mb"],
-           f"500 slides x {args.rss_cells} cells": run_row(small500, args.model, out, 1, *common)["peak_rss_mb"]}
+    rss_rows = run_rows({f"10 slides x {args.rss_cells} cells": (small10, *common),
+                         f"500 slides x {args.rss_cells} cells": (small500, *common)}, args.model, out, 1)
+    rss = {name: row["peak_rss_mb"] for name, row in rss_rows.items()}
     try:
-        lab = naive(crops[: args.naive_crops], args.threads, args.work)
+        lab = naive(crops[: args.naive_crops or len(crops)], args.threads, args.work)
         lab["crops_per_second"] = round(lab["crops"] / lab["seconds"], 1)
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         lab = {"error": f"needs the [train] extra: {exc}"}
@@ -176,6 +190,11 @@ def main() -> None:
             "archive / one slide": round(rate["archive of 200-cell slides"] / rate["one slide"], 3),
             "archive / backend-only ceiling": round(rate["archive of 200-cell slides"] / rate["backend-only ceiling"], 3),
             "one slide / backend-only ceiling": round(rate["one slide"] / rate["backend-only ceiling"], 3),
+            "archive / one slide, classifying phase (run.json)": round(
+                rows["archive of 200-cell slides"]["run_json_crops_per_second"]
+                / rows["one slide"]["run_json_crops_per_second"], 3),
+            "archive / backend-only ceiling, classifying phase (run.json)": round(
+                rows["archive of 200-cell slides"]["run_json_crops_per_second"] / rate["backend-only ceiling"], 3),
             "2 workers / 1 worker": round(rate["archive, --workers 2 --threads 1"] / rate["archive, --workers 1"], 3),
             "run (archive) / naive lab script": (round(rate["archive of 200-cell slides"] / lab["crops_per_second"], 2)
                                                  if "crops_per_second" in lab else None),

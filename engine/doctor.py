@@ -78,8 +78,17 @@ def _default_model() -> str:
 def _triton() -> str:
     import triton
 
+    from bmengine.kernels import KERNELS
+
     mode = "interpreter (TRITON_INTERPRET=1)" if os.environ.get("TRITON_INTERPRET") == "1" else "compiled (needs a GPU)"
-    return f"triton {triton.__version__}, {mode}"
+    return f"triton {triton.__version__}, {mode}; kernels: {', '.join(KERNELS)}"
+
+
+def _torch() -> str:
+    import torch
+
+    cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no CUDA device"
+    return f"torch {torch.__version__}, {cuda}"
 
 
 CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
@@ -89,9 +98,9 @@ CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
     "cuda": ("a CUDA GPU", _cuda_gpus),
     "dali-gpu": ("DALI on the GPU (nvJPEG)", _dali_gpu),
     "tensorrt": ("TensorRT engines (.plan), [gpu] extra", _version("tensorrt")),
-    "torch": ("training and .pt models, [train] extra", _version("torch")),
+    "torch": ("training, .pt models and the kernels' tensors, [train] or [gpu] extra", _torch),
     "timm": ("backbones for training, [train] extra", _version("timm")),
-    "triton": ("Triton kernels (bmengine.kernels)", _triton),
+    "triton": ("Triton kernels (bmengine.kernels), [gpu] extra", _triton),
 }
 
 

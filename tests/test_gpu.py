@@ -71,3 +71,23 @@ def test_bmengine_run_with_a_plan_equals_the_onnx_run_through_the_ring(tiny_mode
     gpu = pd.read_parquet(tmp_path / "gpu" / "s1" / "cells.parquet")
     probs = [c for c in cpu.columns if c.startswith("prob_")]
     assert np.abs(cpu[probs].to_numpy() - gpu[probs].to_numpy()).max() < 2e-2
+
+
+@needs_gpu
+def test_qc_computed_on_the_gpu_gives_the_cpu_verdicts():
+    """The compiled Triton kernel on the GPU's own QC images against the CPU checks on the CPU
+    pipeline's: same flags on clean and damaged crops (nvJPEG may differ by a grey level or so)."""
+    pytest.importorskip("triton", reason="needs Triton (the [gpu] extra)")
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+    from bmengine.engine.qc import QcStats, quality_flags
+    from bmengine.engine.qc.damage import shifted_blocks, truncate_grey
+
+    clean = [f.read_bytes() for f in pbc_files("neutrophil", 12, offset=40)]
+    rng = np.random.default_rng(3)
+    crops = clean + [truncate_grey(clean[0], rng), shifted_blocks(clean[1], rng)]
+    spec = dict(resize=144, crop=128, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                batch_size=len(crops), qc_output=True)
+    cpu = CropPipeline(PipelineSpec(**spec)).decode(crops)
+    gpu = CropPipeline(PipelineSpec(device="gpu", **spec)).decode(crops)
+    assert isinstance(gpu.qc, QcStats), "the QC images were copied to the host instead"
+    assert quality_flags(gpu.qc, gpu.shapes) == quality_flags(cpu.qc, cpu.shapes)

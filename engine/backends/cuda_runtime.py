@@ -54,6 +54,37 @@ def event():
     return check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
 
 
+def timing_event():
+    """An event that records time (``cudaEventDefault``), for ``elapsed_ms``."""
+    return check(runtime().cudaEventCreate())
+
+
+def elapsed_ms(start, end) -> float:
+    """Milliseconds between two recorded timing events (waits for ``end``)."""
+    cudart = runtime()
+    check(cudart.cudaEventSynchronize(end))
+    return float(check(cudart.cudaEventElapsedTime(start, end)))
+
+
+def versions() -> dict:
+    """CUDA versions as "major.minor": the newest the driver supports, and this runtime's."""
+    cudart = runtime()
+
+    def words(value: int) -> str:
+        return f"{value // 1000}.{(value % 1000) // 10}"
+
+    return {"cuda_driver": words(int(check(cudart.cudaDriverGetVersion()))),
+            "cuda_runtime": words(int(check(cudart.cudaRuntimeGetVersion())))}
+
+
+def pci_bus_id(device_id: int) -> str:
+    """The device's PCI bus id ("0000:3B:00.0"): how NVML finds the same GPU whatever
+    CUDA_VISIBLE_DEVICES says."""
+    raw = check(runtime().cudaDeviceGetPCIBusId(32, device_id))
+    text = raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+    return text.strip("\x00 ")
+
+
 @dataclass
 class PinnedArray:
     """A page-locked host buffer (cudaMallocHost) seen as a NumPy array: device-to-host copies into

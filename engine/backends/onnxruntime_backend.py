@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
@@ -30,7 +32,11 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = options.threads
+        # Each batch is split into ``threads`` parts that run at once on one session, each part on
+        # one thread: on 2 AMD EPYC cores 105 img/s against 81-88 for one run on 2 intra-op threads
+        # (2026-11-25, the default int8 CoAtNet-0, batches of 64; ORT's run() is thread-safe).
+        self.parts = max(1, options.threads)
+        so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
@@ -52,6 +58,7 @@ class OnnxRuntimeBackend(Backend):
         self.ood_name = card.ood_output if card.ood_output in outputs else None
         self.logits_name = "logits" if "logits" in outputs else next(n for n in outputs if n != self.ood_name)
         self._fetch = [self.logits_name] + ([self.ood_name] if self.ood_name else [])
+        self._pool = ThreadPoolExecutor(self.parts, thread_name_prefix="bmengine-ort") if self.parts > 1 else None
 
     def io(self) -> ModelIO:
         in_shape = self.session.get_inputs()[0].shape
@@ -60,7 +67,20 @@ class OnnxRuntimeBackend(Backend):
         classes = out_shape[-1] if isinstance(out_shape[-1], int) else None
         return ModelIO(size, classes, tuple(o.name for o in self.session.get_outputs()))
 
+    def _run(self, part: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self._fetch, {self.input_name: np.ascontiguousarray(part, dtype=np.float32)})
+
     def forward(self, batch: np.ndarray) -> Outputs:
-        got = self.session.run(self._fetch, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        batch = np.asarray(batch)
+        if self._pool is None or len(batch) < 2 * self.parts:
+            got = self._run(batch)
+        else:
+            runs = list(self._pool.map(self._run, np.array_split(batch, self.parts)))
+            got = [np.concatenate([run[i] for run in runs]) for i in range(len(self._fetch))]
         ood = got[1].reshape(-1).astype(np.float32) if self.ood_name else None
         return Outputs(got[0], ood)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        super().close()

@@ -95,6 +95,8 @@ class TensorRTBackend(Backend):
         self.free = [cuda.event() for _ in range(RING)]  # slot k's inference has read it
         self.d_inputs = [cuda.check(self.cudart.cudaMalloc(n * 3 * crop * crop * 4)) for _ in range(RING)]
         self._next_slot = 0
+        self.timing = False  # bench: record each inference's device time in ``last_infer_ms``
+        self.last_infer_ms: float | None = None
         # every output needs an address; the ones the backend returns also get a pinned host buffer
         self.d_outputs, self.h_outputs = {}, {}
         for name in self.output_names:
@@ -168,17 +170,51 @@ class TensorRTBackend(Backend):
         self._bind(self.input_name, self.d_inputs[staged.slot])
         if not self.context.set_input_shape(self.input_name, (n, 3, crop, crop)):
             raise RuntimeError(f"{self.model_path}: TensorRT refused input shape {(n, 3, crop, crop)}")
+        if self.timing:
+            began, ended = cuda.timing_event(), cuda.timing_event()
+            cuda.check(cudart.cudaEventRecord(began, self.stream))
         if not self.context.execute_async_v3(cuda.native(self.stream)):
             raise RuntimeError(f"{self.model_path}: TensorRT execution failed")
+        if self.timing:
+            cuda.check(cudart.cudaEventRecord(ended, self.stream))
         cuda.check(cudart.cudaEventRecord(self.free[staged.slot], self.stream))
         for name, host in self.h_outputs.items():
             nbytes = n * host.array.shape[1] * host.array.itemsize
             cuda.check(cudart.cudaMemcpyAsync(host.pointer, self.d_outputs[name], nbytes,
                                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
         cuda.check(cudart.cudaStreamSynchronize(self.stream))  # the one host wait per batch
+        if self.timing:
+            self.last_infer_ms = cuda.elapsed_ms(began, ended)
+            cudart.cudaEventDestroy(began)
+            cudart.cudaEventDestroy(ended)
         logits = self.h_outputs[self.output_name].array[:n].astype(np.float32)  # a copy: the buffer is reused
         ood = self.h_outputs[self.ood_name].array[:n, 0].astype(np.float32) if self.ood_name else None
         return Outputs(logits, ood)
+
+    def time_model(self, batch_size: int, n_batches: int) -> float:
+        """Milliseconds for ``n_batches`` back-to-back executions of the engine alone on one batch
+        already on the device (no decode, no copies, no host wait between them): the TensorRT
+        model-only ceiling. For ``bmengine bench``; not while a run uses this backend."""
+        self._on_device()
+        cudart, crop = self.cudart, self.card.preprocessing.crop
+        if batch_size > self.options.max_batch_size:
+            raise ValueError(f"batch of {batch_size} exceeds the engine's max batch {self.options.max_batch_size}")
+        cuda.check(cudart.cudaMemsetAsync(self.d_inputs[0], 0, batch_size * 3 * crop * crop * 4, self.stream))
+        self._bind(self.input_name, self.d_inputs[0])
+        if not self.context.set_input_shape(self.input_name, (batch_size, 3, crop, crop)):
+            raise RuntimeError(f"{self.model_path}: TensorRT refused input shape {(batch_size, 3, crop, crop)}")
+        began, ended = cuda.timing_event(), cuda.timing_event()
+        try:
+            if not self.context.execute_async_v3(cuda.native(self.stream)):  # warm-up
+                raise RuntimeError(f"{self.model_path}: TensorRT execution failed")
+            cuda.check(cudart.cudaEventRecord(began, self.stream))
+            for _ in range(n_batches):
+                self.context.execute_async_v3(cuda.native(self.stream))
+            cuda.check(cudart.cudaEventRecord(ended, self.stream))
+            return cuda.elapsed_ms(began, ended)
+        finally:
+            cudart.cudaEventDestroy(began)
+            cudart.cudaEventDestroy(ended)
 
     def close(self) -> None:
         cudart = getattr(self, "cudart", None)

@@ -95,12 +95,13 @@ def run(
 
     from bmengine.engine.store.limits import InputLimits
 
+    from bmengine.engine.backends.devices import parse_gpu_list
     from bmengine.engine.pipeline.shard import Shard
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         share = Shard.parse(shard) if shard is not None else None
-        gpu_ids = _parse_gpus(gpus) if gpus is not None else ()
+        gpu_ids = parse_gpu_list(gpus) if gpus is not None else ()
         if sum(bool(x) for x in (scheduler, workers, gpu_ids)) > 1:
             raise ValueError("choose one of --scheduler, --workers and --gpus")
     except ValueError as exc:
@@ -137,24 +138,6 @@ def _input_problem(slides_dir: Path, model: Path, label_map: Path | None) -> str
     except (ModelCardError, SlideStoreError, LabelMapError) as exc:
         return str(exc)
     return None
-
-
-def _parse_gpus(text: str) -> tuple[int, ...]:
-    """'all' (every GPU CUDA can see) or a comma list of device numbers."""
-    if text.strip().lower() == "all":
-        from bmengine.engine.backends.devices import cuda_device_count
-
-        count = cuda_device_count()
-        if count == 0:
-            raise ValueError("--gpus all: no CUDA GPU is visible on this machine")
-        return tuple(range(count))
-    try:
-        ids = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"--gpus {text!r}: expected 'all' or device numbers such as 0,1") from None
-    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
-        raise ValueError(f"--gpus {text!r}: expected distinct device numbers >= 0")
-    return ids
 
 
 def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, shard, workers,

@@ -81,13 +81,14 @@ def _define(spec: PipelineSpec):
 
 class Decoded(NamedTuple):
     """A decoded batch: ``pixels`` holds the crops listed in ``good`` (NumPy on the CPU, a dense
-    DALI GPU tensor on the GPU); ``errors[i]`` says why crop i failed; ``qc`` is the resized,
-    uncropped uint8 NHWC image of each good crop on the host (when the spec asks for it)."""
+    DALI GPU tensor on the GPU); ``errors[i]`` says why crop i failed; ``qc`` (when the spec asks
+    for it) is the resized, uncropped uint8 NHWC image of each good crop on the host, or on the
+    GPU the ``QcStats`` the kernels computed from those images there (engine/qc/on_gpu.py)."""
 
     pixels: object
     good: list[int]
     errors: list[str | None]
-    qc: np.ndarray | None = None
+    qc: object | None = None
     shapes: list[tuple[int, int, int]] | None = None  # (height, width, channels) of each good crop, from its header
 
 
@@ -106,6 +107,7 @@ class CropPipeline:
         # wait on the host for them (nvidia/dali/pipeline.py, Pipeline.run(cuda_stream, /, ...))
         self.cuda_stream = cuda_stream if spec.device == "gpu" else None
         self._pipe = None
+        self._kernels: bool | None = None  # GPU QC: are torch + Triton here (decided on first use)
 
     def _pipeline(self):
         if self._pipe is None:
@@ -120,11 +122,23 @@ class CropPipeline:
 
     def _decoded(self, outputs: tuple, good: list[int], errors: list[str | None], headers: list) -> Decoded:
         qc = None
-        if self.spec.qc_output:
-            qc = outputs[1].as_cpu() if self.spec.device == "gpu" else outputs[1]
-            qc = np.array(qc.as_tensor())  # a copy: DALI reuses its output buffers on the next run
+        if self.spec.qc_output and self.spec.device == "gpu":
+            qc = self._gpu_qc(outputs[1])
+        elif self.spec.qc_output:
+            qc = np.array(outputs[1].as_tensor())  # a copy: DALI reuses its output buffers on the next run
         shapes = [(headers[i].height, headers[i].width, headers[i].channels) for i in good]
         return Decoded(self._dense(outputs[0]), good, errors, qc, shapes)
+
+    def _gpu_qc(self, qc_images):
+        """QC numbers computed on the GPU (engine/qc/on_gpu.py), or the images copied to the host
+        where the kernels' torch/Triton are missing."""
+        from bmengine.engine.qc import on_gpu
+
+        if self._kernels is None:
+            self._kernels = on_gpu.kernels_available()
+        if self._kernels:
+            return on_gpu.qc_stats_on_gpu(qc_images, self.cuda_stream)
+        return on_gpu.qc_images_to_host(qc_images)
 
     def _to_numpy(self, out) -> np.ndarray:
         if self.spec.device == "gpu":

@@ -87,37 +87,60 @@ def _shared_shift(change: np.ndarray) -> np.ndarray:
     return np.abs(median).max(axis=2)
 
 
-def _flat_fraction(x: np.ndarray, across: np.ndarray) -> np.ndarray:
+def _flat_fraction(bumpiest: np.ndarray, level: np.ndarray) -> np.ndarray:
     """Fraction of rows that are one colour, not clipped white or black; 0 when every row is
     (a crop that is all flat is blank, not garbled)."""
-    n, h = x.shape[:2]
-    bumpiest = np.abs(across).reshape(n, h, -1).max(axis=2)
-    level = x.reshape(n, h, -1).mean(axis=2, dtype=np.float32)
     fraction = ((bumpiest <= _FLAT) & (level > 5) & (level < 250)).mean(axis=1)
     return np.where(fraction < 1.0, fraction, 0.0)
 
 
-def garbled_scores(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Every trace of damage for every crop of an NHWC uint8 batch, by name (for tuning, too)."""
+def garbled_profiles(images: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-row and per-boundary profiles the traces are read from, for an NHWC uint8 batch:
+    ``row_change`` (N, H-1), ``column_change`` (N, W-1), ``shared_shift`` (N, H-2), and per row
+    ``bumpiest`` (N, H; largest change between neighbouring pixels) and ``level`` (N, H; mean).
+    These are the pixel-heavy part; kernels/garbled_profiles.py computes the same on a GPU batch
+    so only these few numbers per crop leave the GPU."""
     x = np.asarray(images)
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected an NHWC batch of RGB images, got shape {x.shape}")
+    n, h = x.shape[:2]
     x = x.astype(np.int16)
     down = x[:, 1:] - x[:, :-1]  # change from each row to the next
     across = x[:, :, 1:] - x[:, :, :-1]  # from each column to the next
     two_down = down[:, 1:] + down[:, :-1]  # to the row after next: a step the resize spread over two
     return {
-        "row_seam": _neighbour_ratio(_row_change(down), gap=1),
-        "column_seam": _neighbour_ratio(_column_change(across), gap=1),
-        "colour_step": _neighbour_ratio(_shared_shift(two_down), gap=2, k=_K + 1),
-        "flat_rows": _flat_fraction(x, across),
+        "row_change": _row_change(down),
+        "column_change": _column_change(across),
+        "shared_shift": _shared_shift(two_down),
+        "bumpiest": np.abs(across).reshape(n, h, -1).max(axis=2),
+        "level": x.reshape(n, h, -1).mean(axis=2, dtype=np.float32),
     }
+
+
+def scores_from_profiles(profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every trace of damage per crop from its profiles (cheap: a few hundred numbers per crop)."""
+    return {
+        "row_seam": _neighbour_ratio(np.asarray(profiles["row_change"]), gap=1),
+        "column_seam": _neighbour_ratio(np.asarray(profiles["column_change"]), gap=1),
+        "colour_step": _neighbour_ratio(np.asarray(profiles["shared_shift"]), gap=2, k=_K + 1),
+        "flat_rows": _flat_fraction(np.asarray(profiles["bumpiest"]), np.asarray(profiles["level"])),
+    }
+
+
+def garbled_scores(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every trace of damage for every crop of an NHWC uint8 batch, by name (for tuning, too)."""
+    return scores_from_profiles(garbled_profiles(images))
 
 
 def garbled(images: np.ndarray, thresholds: Mapping[str, float] | None = None) -> np.ndarray:
     """True where any trace of damage passes its threshold (``GARBLED_THRESHOLDS`` by default)."""
-    scores = garbled_scores(images)
+    return garbled_from_scores(garbled_scores(images), np.shape(images)[1:3], thresholds)
+
+
+def garbled_from_scores(scores: dict[str, np.ndarray], size: tuple[int, int],
+                        thresholds: Mapping[str, float] | None = None) -> np.ndarray:
+    """True where any trace passes its threshold; ``size``: (height, width) of the QC images."""
     limits = GARBLED_THRESHOLDS if thresholds is None else thresholds
-    if min(np.shape(images)[1:3]) < MIN_SIDE_ALL_TRACES:
+    if min(size) < MIN_SIDE_ALL_TRACES:
         limits = {name: limit for name, limit in limits.items() if name in SCALE_FREE_TRACES}
     return np.any([scores[name] > limit for name, limit in limits.items()], axis=0)

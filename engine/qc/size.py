@@ -22,17 +22,17 @@ MAX_ASPECT = 2.0
 are at most 1.25:1 (tecom)."""
 
 
-def too_small(images: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+def too_small(stats, shapes: np.ndarray) -> np.ndarray:
     """The short side of the original crop is under ``MIN_SIDE`` px."""
     return shapes[:, :2].min(axis=1) < MIN_SIDE
 
 
-def too_large(images: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+def too_large(stats, shapes: np.ndarray) -> np.ndarray:
     """The long side of the original crop is over ``MAX_SIDE`` px."""
     return shapes[:, :2].max(axis=1) > MAX_SIDE
 
 
-def elongated(images: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+def elongated(stats, shapes: np.ndarray) -> np.ndarray:
     """The original crop is more than ``MAX_ASPECT`` times as long as it is wide."""
     sides = shapes[:, :2]
     return sides.max(axis=1) > MAX_ASPECT * np.maximum(sides.min(axis=1), 1)

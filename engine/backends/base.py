@@ -23,7 +23,7 @@ from bmengine.engine.model.card import ModelCard, ModelCardError
 
 @dataclass(frozen=True)
 class BackendOptions:
-    threads: int = 2  # CPU runtimes: intra-op threads
+    threads: int = 2  # CPU runtimes: ONNX Runtime splits each batch into this many single-threaded runs
     device_id: int = 0  # GPU runtimes
     max_batch_size: int = 64
 

@@ -93,10 +93,11 @@ class SlideStream:
         return slide.future
 
     def close(self) -> None:
-        """Finish what was submitted, then stop the stages."""
+        """Finish what was submitted, then stop the stages (a broken stream's stuck stage is a
+        daemon thread: it is left behind, not waited for)."""
         self._slides.put(_STOP)
         for thread in self._threads:
-            thread.join(timeout=self.timeout)
+            thread.join(timeout=5.0 if self._broken is not None else self.timeout)
 
     # -- stages ------------------------------------------------------------------------------------
 

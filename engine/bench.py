@@ -67,7 +67,7 @@ def _time(fn: Callable[[], None], repeats: int) -> list[float]:
 def bench(slides_dir: Path, model: Path, batch_size: int = 64, threads: int = 2, repeats: int = 3,
           max_crops: int = 1024) -> dict:
     from bmengine.engine.pipeline.engine import Engine, EngineSpec
-    from bmengine.engine.pipeline.reader import DaskCropReader
+    from bmengine.engine.pipeline.reader import LocalCropReader
     from bmengine.engine.pipeline.run import RunConfig, run_engine
     from bmengine.engine.store import SlideStore, find_slide_stores
 
@@ -80,9 +80,12 @@ def bench(slides_dir: Path, model: Path, batch_size: int = 64, threads: int = 2,
     decoded = [pipeline.decode(b).pixels for b in batches]
     results = []
 
-    with DaskCropReader(threads=threads) as reader:
-        results.append(StageResult("read (Dask, zarr)", n, _time(
-            lambda: [None for _ in reader.iter_batches(store.path, n, batch_size)], repeats)))
+    reader = LocalCropReader()  # what the local runner reads with
+    try:
+        results.append(StageResult("read (zarr)", n, _time(
+            lambda: [None for _ in reader.iter_batches(store, batch_size, stop=n)], repeats)))
+    finally:
+        reader.close()
     results.append(StageResult("decode+resize+normalise (DALI cpu)", n, _time(
         lambda: [pipeline.decode(b) for b in batches], repeats)))
     results.append(StageResult(f"infer ({backend.name}, {backend.card.precision})", n, _time(

@@ -1,4 +1,4 @@
-"""Classify every crop of one slide: read (Dask) -> decode (DALI) -> infer (backend) -> cells table."""
+"""Classify every crop of one slide: read -> decode (DALI) -> infer (backend) -> cells table."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 
 from bmengine.engine.backends.base import Backend
 from bmengine.engine.labels import LabelMap
-from bmengine.engine.pipeline.reader import CropBatch, DaskCropReader
+from bmengine.engine.pipeline.reader import CropBatch, CropReader
 from bmengine.engine.pipeline.stages import DECODE_AHEAD, run_ahead
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline
 from bmengine.engine.qc import quality_flags
@@ -62,14 +62,25 @@ class _WholeStoreDigest:
                                     "written at ingest; re-ingest this slide")
 
 
-def decode_batch(batch: CropBatch, pipeline: CropPipeline, backend: Backend):
-    """Decode stage: a batch's readable crops -> (their positions in the batch, the decoded batch,
-    handed to the backend to stage)."""
+@dataclass
+class DecodedBatch:
+    """The decode stage's product for one batch: which crops were readable (positions in the batch),
+    the decoder's output for them (pixels staged for the backend), and each good crop's QC flags.
+    QC runs here, beside decoding, so the inference thread does nothing but infer."""
+
+    readable: list[int]
+    decoded: object  # preprocess.dali_pipeline.Decoded
+    qc_flags: list[str] | None  # per good crop; None when the pipeline gives no QC image
+
+
+def decode_batch(batch: CropBatch, pipeline: CropPipeline, backend: Backend) -> DecodedBatch:
+    """Decode stage: a batch's readable crops, decoded, quality-checked and staged for the backend."""
     readable = [i for i, crop in enumerate(batch.crops) if crop is not None]
     decoded = pipeline.decode([batch.crops[i] for i in readable])
+    flags = quality_flags(decoded.qc, decoded.shapes) if decoded.good and decoded.qc is not None else None
     if decoded.good:
-        decoded = decoded._replace(pixels=backend.stage(decoded.pixels))
-    return readable, decoded
+        decoded = decoded._replace(pixels=backend.stage(decoded.pixels), qc=None)  # the QC images are done with
+    return DecodedBatch(readable, decoded, flags)
 
 
 class SlideAccumulator:
@@ -85,20 +96,21 @@ class SlideAccumulator:
         self.threshold = float(backend.card.ood["threshold"]) if backend.card.ood else None
         self.whole_store = None if store.has_crop_checksums else _WholeStoreDigest(store)
 
-    def add(self, batch: CropBatch, readable: list[int], decoded) -> None:
+    def add(self, batch: CropBatch, ready: DecodedBatch) -> None:
         """Infer one decoded batch and keep its rows."""
         if self.whole_store is not None:
             self.whole_store.update(batch)
+        decoded = ready.decoded
         self.errors[batch.start : batch.stop] = batch.errors
-        for i, error in zip(readable, decoded.errors):
+        for i, error in zip(ready.readable, decoded.errors):
             self.errors[batch.start + i] = error
         if not decoded.good:
             return
-        rows = batch.start + np.asarray(readable)[np.asarray(decoded.good)]
+        rows = batch.start + np.asarray(ready.readable)[np.asarray(decoded.good)]
         inference = self.backend.infer(decoded.pixels)
         self.probs[rows] = inference.probs
-        if decoded.qc is not None:
-            for row, flag in zip(rows, quality_flags(decoded.qc, decoded.shapes)):
+        if ready.qc_flags is not None:
+            for row, flag in zip(rows, ready.qc_flags):
                 self.qc_flags[row] = flag
         if inference.ood_score is not None:
             self.ood_score[rows] = inference.ood_score
@@ -114,7 +126,7 @@ class SlideAccumulator:
 
 def classify_slide(
     store,
-    reader: DaskCropReader,
+    reader: CropReader,
     pipeline: CropPipeline,
     backend: Backend,
     batch_size: int,
@@ -124,10 +136,9 @@ def classify_slide(
     """Every crop of one ``store`` -> probabilities, or an error naming why that crop has none.
     (A run streams many slides through the same stages: engine/pipeline/stream.py.)"""
     slide = SlideAccumulator(store, backend)
-    batches = reader.iter_batches(store.path, store.n_cells, batch_size, limits=limits)
-    for batch, (readable, decoded) in run_ahead(batches, lambda b: (b, decode_batch(b, pipeline, backend)),
-                                                depth=DECODE_AHEAD):
-        slide.add(batch, readable, decoded)
+    batches = reader.iter_batches(store, batch_size, limits=limits)
+    for batch, ready in run_ahead(batches, lambda b: (b, decode_batch(b, pipeline, backend)), depth=DECODE_AHEAD):
+        slide.add(batch, ready)
         if on_batch:
             on_batch(batch.stop - batch.start)
     return slide.finish()

@@ -1,18 +1,16 @@
-"""Stream crop bytes out of slide stores in batches, through Dask.
+"""Stream crop bytes out of slide stores in batches, read ahead of decoding.
 
-Each batch is one task that reads one contiguous byte range of a store, so a Dask cluster (a
-local one by default, or a remote scheduler's workers that see the same files) reads ahead while
-the engine decodes and infers. A bounded window of futures keeps memory flat on huge slides.
+Each batch is one read of one contiguous byte range of a store (``read_batch``), checked against
+the size cap and the crops' ingest checksums. Reads run in the process that classifies the slide,
+a bounded window ahead, so memory stays flat on huge slides. (Across machines, whole slides go to
+Dask workers as paths: engine/pipeline/dask_runner.py; crop bytes never travel.)
 """
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from bmengine.engine.store.limits import InputLimits
 
@@ -31,70 +29,25 @@ def batch_ranges(n_cells: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + batch_size, n_cells)) for start in range(0, n_cells, batch_size)]
 
 
-def _identity(path: str) -> tuple[int, int, int]:
-    """Which store is at ``path`` now: a re-ingested store is moved into place, so its zarr.json is a
-    new file. One stat per batch; part of the cache key, so no process (a long-lived Dask worker
-    included) ever reads a new store through the offsets of an old one."""
-    info = os.stat(Path(path) / "zarr.json")
-    return info.st_ino, info.st_mtime_ns, info.st_size
-
-
-@lru_cache(maxsize=64)
-def _open_store(path: str, identity: tuple[int, int, int]):
-    from bmengine.engine.store import SlideStore
-
-    return SlideStore.open(Path(path))
-
-
-def read_batch(store_path: str, start: int, stop: int, limits: InputLimits | None = None) -> CropBatch:
-    """The Dask task: crops [start, stop), checked against the size cap and their ingest checksums."""
-    crops, errors = _open_store(store_path, _identity(store_path)).read_crops_checked(start, stop, limits)
+def read_batch(store, start: int, stop: int, limits: InputLimits | None = None) -> CropBatch:
+    """One read: crops [start, stop) of an open ``SlideStore``, checked against the size cap and
+    their ingest checksums."""
+    crops, errors = store.read_crops_checked(start, stop, limits)
     return CropBatch(start, stop, crops, errors)
 
 
-class DaskCropReader:
-    """Owns a Dask client: a local in-process cluster unless a scheduler address is given."""
+class CropReader(Protocol):
+    """Where a slide stream's crop bytes come from: batches in order, read ahead of the consumer."""
 
-    def __init__(self, scheduler: str | None = None, threads: int = 2, prefetch: int = 4):
-        from distributed import Client, LocalCluster
+    def iter_batches(self, store, batch_size: int, start_at: int = 0, stop: int | None = None,
+                     limits: InputLimits | None = None) -> Iterator[CropBatch]: ...
 
-        self.prefetch = prefetch
-        if scheduler:
-            self.cluster = None
-            self.client = Client(scheduler, timeout="30s")
-        else:
-            self.cluster = LocalCluster(
-                n_workers=1, threads_per_worker=threads, processes=False, dashboard_address=None
-            )
-            self.client = Client(self.cluster)
-
-    def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0,
-                     limits: InputLimits | None = None) -> Iterator[CropBatch]:
-        """Yield batches in order, keeping ``prefetch`` reads in flight ahead of the consumer."""
-        ranges = [r for r in batch_ranges(n_cells, batch_size) if r[0] >= start_at]
-        pending: deque = deque()
-        for start, stop in ranges:
-            pending.append(self.client.submit(read_batch, str(store_path), start, stop, limits, pure=False))
-            if len(pending) > self.prefetch:
-                yield pending.popleft().result(timeout=600)
-        while pending:
-            yield pending.popleft().result(timeout=600)
-
-    def close(self) -> None:
-        self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-
-    def __enter__(self) -> "DaskCropReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def close(self) -> None: ...
 
 
 class LocalCropReader:
-    """The reader of a Dask worker: batches read in this process, one read ahead in a thread
-    (a worker already is the parallel unit; it never ships bytes anywhere)."""
+    """Batches read in this process, ``prefetch`` reads ahead in a thread: the local runner's reader
+    and every Dask worker's (a worker is already the parallel unit; bytes never travel)."""
 
     def __init__(self, prefetch: int = 2):
         from concurrent.futures import ThreadPoolExecutor
@@ -102,12 +55,15 @@ class LocalCropReader:
         self.prefetch = prefetch
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bmengine-read")
 
-    def iter_batches(self, store_path: Path, n_cells: int, batch_size: int, start_at: int = 0,
+    def iter_batches(self, store, batch_size: int, start_at: int = 0, stop: int | None = None,
                      limits: InputLimits | None = None) -> Iterator[CropBatch]:
+        """Batches of the open ``store`` in order, cells [start_at, stop) (default: all of them).
+        Reading the store the caller opened (and validated) costs no second open per slide."""
+        n_cells = store.n_cells if stop is None else min(stop, store.n_cells)
         ranges = [r for r in batch_ranges(n_cells, batch_size) if r[0] >= start_at]
         pending: deque = deque()
-        for start, stop in ranges:
-            pending.append(self.pool.submit(read_batch, str(store_path), start, stop, limits))
+        for lo, hi in ranges:
+            pending.append(self.pool.submit(read_batch, store, lo, hi, limits))
             if len(pending) > self.prefetch:
                 yield pending.popleft().result()
         while pending:

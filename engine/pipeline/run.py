@@ -192,11 +192,13 @@ def plan_run(cfg: RunConfig, engine: Engine | ModelRef, stores: list[Path], warn
 
 
 def make_runner(cfg: RunConfig, engine: Engine, plan: Plan):
-    from bmengine.engine.pipeline.runners import ClusterRequest, DaskRunner, LocalRunner
-
     if cfg.distributed:
+        from bmengine.engine.pipeline.dask_runner import ClusterRequest, DaskRunner
+
         return DaskRunner(cfg.engine_spec, ClusterRequest(cfg.scheduler, cfg.workers, tuple(cfg.gpus), cfg.threads))
-    return LocalRunner(engine, threads=cfg.threads, stores=plan.stores)
+    from bmengine.engine.pipeline.runners import LocalRunner
+
+    return LocalRunner(engine, stores=plan.stores)
 
 
 def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:

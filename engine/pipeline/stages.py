@@ -1,6 +1,6 @@
 """Overlap reading, decoding and inference: each stage runs ahead of the next by a bounded queue.
 
-Reading is Dask's (futures in flight); decoding runs in a thread (DALI's own worker threads do the
+Reading runs ahead in the reader's thread (engine/pipeline/reader.py); decoding runs in a thread (DALI's own worker threads do the
 work and release the GIL); inference runs in the caller's thread. Every wait has a timeout and a
 failure in any stage reaches the caller, so a dead stage never hangs a run.
 """

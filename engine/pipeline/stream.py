@@ -3,11 +3,13 @@
 Slides enter with ``submit`` and leave, written, through their futures. Three stages, each in its
 own thread, joined by bounded queues:
 
-    decode   next slide: its old marker removed, store opened; its batches read and decoded
-             -> at most ``DECODE_AHEAD`` batches queued
-    infer    each batch into its slide's accumulator; at a slide's last batch: the cells table
-             and differential row -> at most ``WRITE_AHEAD`` finished slides queued
-    write    cells.parquet, histogram, then the marker; the slide's future resolves
+    decode   next slide: its old marker removed, store opened; its batches read, decoded and
+             quality-checked -> at most ``DECODE_AHEAD`` batches queued
+    infer    each batch into its slide's accumulator, and nothing else (on a CPU the inference
+             is the slowest stage: any other work on its thread would idle the cores it uses)
+             -> at most ``WRITE_AHEAD`` classified slides queued
+    write    post-process (the cells table and differential row), then cells.parquet, the
+             histogram and the marker; the slide's future resolves
 
 So slide k+1's first batches are read and decoded while slide k's last ones infer, and slide k is
 written while slide k+1 infers: a 200-cell slide costs the pipeline nothing at its boundaries.
@@ -113,10 +115,9 @@ class SlideStream:
                 begin_slide(slide.job)
                 store = slide.store if slide.store is not None else SlideStore.open(slide.job.store)
                 slide.store, slide.accumulator = store, SlideAccumulator(store, engine.backend)
-                batches = self.reader.iter_batches(store.path, store.n_cells, engine.spec.batch_size,
-                                                   limits=engine.spec.limits)
+                batches = self.reader.iter_batches(store, engine.spec.batch_size, limits=engine.spec.limits)
                 for batch in batches:
-                    self._put(self._batches, (slide, batch, *decode_batch(batch, engine.pipeline, engine.backend)))
+                    self._put(self._batches, (slide, batch, decode_batch(batch, engine.pipeline, engine.backend)))
             except Exception as exc:
                 slide.fail(exc)
             self._put(self._batches, (slide, None))  # the slide's end
@@ -128,24 +129,25 @@ class SlideStream:
             if batch is not None:
                 if slide.error is None:
                     try:
-                        slide.accumulator.add(batch, *item[2:])
+                        slide.accumulator.add(batch, item[2])
                     except Exception as exc:
                         slide.fail(exc)
                     else:
                         if self.on_crops:
                             self.on_crops(batch.stop - batch.start)
                 continue
-            if slide.error is None:
-                try:
-                    slide.output = summarize(slide.store, slide.accumulator.finish(), self.engine)
-                except Exception as exc:
-                    slide.fail(exc)
-            slide.accumulator = None  # its arrays live on in the output only
             self._put(self._finished, slide)
         self._put(self._finished, _STOP)
 
     def _write_loop(self) -> None:
+        _import_post_processing()  # while the first slide is read and classified, not after it
         while (slide := self._finished.get()) is not _STOP:
+            try:
+                if slide.error is None:
+                    slide.output = summarize(slide.store, slide.accumulator.finish(), self.engine)
+            except Exception as exc:
+                slide.fail(exc)
+            slide.accumulator = None  # its arrays live on in the output only
             try:
                 if slide.error is not None:
                     result = failed_slide(slide.job, slide.error, self.worker, time.perf_counter() - slide.t0,
@@ -154,6 +156,7 @@ class SlideStream:
                     result = record_slide(slide.job, slide.output, self.engine, self.worker, slide.t0)
             except Exception as exc:
                 result = failed_slide(slide.job, exc, self.worker, time.perf_counter() - slide.t0)
+            slide.output = None
             self._resolve(slide, result)
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -201,6 +204,15 @@ class SlideStream:
                 if not slide.future.done():
                     slide.future.set_result(failed_slide(slide.job, exc, self.worker,
                                                          time.perf_counter() - slide.t0 if slide.t0 else 0.0))
+
+
+def _import_post_processing() -> None:
+    """Import what the write stage needs (pandas' writers, SciPy, matplotlib: about a second) up
+    front, in this thread: lazily, on the first slide, the imports would hold the interpreter
+    while the other stages wait."""
+    import bmengine.engine.outputs.differential  # noqa: F401
+    import bmengine.engine.outputs.plots  # noqa: F401
+    import bmengine.engine.outputs.report  # noqa: F401
 
 
 class _Stopped(Exception):

@@ -1,4 +1,4 @@
-"""Checkpoint -> ONNX (fp32) + int8 static-quantised ONNX, each with a model card.
+"""Checkpoint -> ONNX (fp32) + int8 static-quantised ONNX (+ fp16 ONNX), each with a model card.
 
 int8 uses ONNX Runtime static quantisation (QDQ, per-channel weights) calibrated on real training
 crops decoded by the engine's pipeline; dynamic int8 is avoided (measured 6-8 img/s here vs 130+
@@ -13,6 +13,21 @@ Mahalanobis distance on the penultimate features, fitted on the training split: 
 which int8 quantisation leaves in fp32; per model, the OOD threshold and the softmax temperature
 (training/calibrate.py) are fitted on the validation split and written to the card (``ood``,
 ``calibration``).
+
+fp16 (``--fp16``, issue 13): ``<stem>_fp16.onnx``, the fp32 graph converted by training/fp16.py
+(float32 IO, Softmax/LayerNorm/OOD head in fp32), for fp16 TensorRT plans; scored, calibrated and
+given its OOD threshold like the others.
+
+Decoder (issue 13 item 9): the crops int8 is calibrated on and the OOD statistics are fitted on are
+decoded by the engine's own pipeline on ``decode_device``: ``auto`` is the GPU (nvJPEG, DALI
+"mixed") on a machine with one, else the CPU (libjpeg-turbo). A GPU machine exports for the
+decoder its plans will run with. With chroma upsampling aligned (engine/preprocess/dali_pipeline.py)
+nvJPEG and libjpeg-turbo differ by IDCT rounding, a grey level or two on some pixels, which should
+move a 99.99th-percentile activation range by far less than one int8 step, so either decoder's
+int8 model should run on the other (never measured: no GPU here; benchmarks/decoder_parity.py
+measures the pixels on one). The card records which decoder it was
+(``training.calibration_decoder``). The validation passes (metrics, temperature, OOD threshold)
+run through ONNX Runtime, whose backend decodes on the CPU.
 """
 
 from __future__ import annotations
@@ -47,13 +62,31 @@ class ExportConfig:
     false_flag_rate: float = 0.05  # share of validation crops above the OOD threshold
     ood_fit_images: int = 0  # training crops the class means/covariance are fitted on (0: all of them)
     calibrate: bool = True  # temperature scaling fitted on the validation split (training/calibrate.py)
+    fp16: bool = False  # also write <stem>_fp16.onnx (training/fp16.py), for fp16 TensorRT plans
+    decode_device: str = "auto"  # decoder of the calibration/OOD-fit crops: auto, cpu or gpu (module docstring)
 
     def __post_init__(self) -> None:
         check_int8_ops(self.int8_ops)  # before the fp32 export, not after it
+        if self.decode_device not in DECODE_DEVICES:
+            raise ValueError(f"--decode-device {self.decode_device!r}: choose one of {', '.join(DECODE_DEVICES)}")
         if self.int8_calibration not in CALIBRATION_METHODS:
             raise ValueError(f"--int8-calibration {self.int8_calibration!r}: choose one of {sorted(CALIBRATION_METHODS)}")
         if not 0 < self.false_flag_rate <= 0.5:
             raise ValueError(f"--false-flag-rate must be in (0, 0.5], not {self.false_flag_rate}")
+
+
+#: where calibration crops are decoded: "auto" = "gpu" where CUDA sees a device, else "cpu"
+DECODE_DEVICES = ("auto", "cpu", "gpu")
+DECODER_NAMES = {"cpu": "libjpeg-turbo (DALI cpu)", "gpu": "nvJPEG (DALI mixed)"}
+
+
+def resolve_decode_device(choice: str) -> str:
+    """``auto`` -> the GPU's decoder where this machine has a CUDA device, else the CPU's."""
+    if choice != "auto":
+        return choice
+    from bmengine.engine.backends.devices import cuda_device_count
+
+    return "gpu" if cuda_device_count() > 0 else "cpu"
 
 
 # Operator sets for int8; None means every operator ONNX Runtime can quantise.
@@ -104,8 +137,8 @@ def export_onnx(model, path: Path, crop: int, opset: int, outputs: tuple[str, ..
     tmp.replace(path)
 
 
-def _onnx_outputs(path: Path, files: list[str], prep: Preprocessing,
-                  batch_size: int = 64) -> tuple[list[np.ndarray], np.ndarray]:
+def _onnx_outputs(path: Path, files: list[str], prep: Preprocessing, batch_size: int = 64,
+                  device: str = "cpu") -> tuple[list[np.ndarray], np.ndarray]:
     """Every output of an ONNX model for image files, through the engine's own decoding, and which
     files decoded (the others' rows are meaningless)."""
     import onnxruntime as ort
@@ -115,7 +148,7 @@ def _onnx_outputs(path: Path, files: list[str], prep: Preprocessing,
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size))
+    pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size, device=device))
     chunks: list[list[np.ndarray]] = []
     ok: list[bool] = []
     for start in range(0, len(files), batch_size):
@@ -140,7 +173,7 @@ def _export_with_ood(model, state: dict, cfg: "ExportConfig", prep: Preprocessin
     tap = cfg.out.with_name(cfg.out.stem + ".features.onnx")
     try:
         export_onnx(ood.feature_model(model, len(classes)), tap, prep.crop, cfg.opset, ("logits", ood.FEATURES_NAME))
-        (_, features), decoded = _onnx_outputs(tap, files, prep)
+        (_, features), decoded = _onnx_outputs(tap, files, prep, device=resolve_decode_device(cfg.decode_device))
     finally:
         tap.unlink(missing_ok=True)
     files = [f for f, ok in zip(files, decoded) if ok]
@@ -175,12 +208,15 @@ def _labels_for(files: list[str], classes: list[str]) -> np.ndarray:
 
 
 class _CalibrationReader:
-    """ONNX Runtime CalibrationDataReader over real crops, preprocessed by the engine's pipeline."""
+    """ONNX Runtime CalibrationDataReader over real crops, preprocessed by the engine's pipeline on
+    ``device`` ("cpu" or "gpu": the decoder the exported model will meet, module docstring); the
+    batches come back to the host either way (ONNX Runtime calibrates on the CPU)."""
 
-    def __init__(self, files: list[str], prep: Preprocessing, input_name: str, batch_size: int = 32):
+    def __init__(self, files: list[str], prep: Preprocessing, input_name: str, batch_size: int = 32,
+                 device: str = "cpu"):
         from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-        self.pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size))
+        self.pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size, device=device))
         self.batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
         self.input_name = input_name
 
@@ -208,8 +244,9 @@ CALIBRATION_METHODS = {
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,
-                  ops: str = "all", calibration: str = "minmax") -> None:
-    """The OOD head (if any) stays fp32: its nodes are excluded, and its input is the float features."""
+                  ops: str = "all", calibration: str = "minmax", device: str = "cpu") -> None:
+    """The OOD head (if any) stays fp32: its nodes are excluded, and its input is the float features.
+    ``device``: where the calibration crops are decoded (``_CalibrationReader``)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -221,7 +258,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
     head = head_nodes(onnx.load(str(pre), load_external_data=False).graph)
     tmp = int8_path.with_name(int8_path.name + ".partial")
     try:
-        quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image"),
+        quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image", device=device),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration][0]),
@@ -241,6 +278,20 @@ def _stratified_sample(files: list[str], labels: np.ndarray, n: int, seed: int =
     per_class = max(1, n // len(np.unique(labels)))
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
     return [files[i] for i in np.sort(np.concatenate(picks))]
+
+
+def preprocessing_of(state: dict) -> Preprocessing:
+    """The preprocessing a trainer checkpoint's model was trained with (its card's record)."""
+    tcfg = state["config"]
+    hue = tcfg.get("hue_range")
+    return Preprocessing(resize=tcfg["resize"], crop=tcfg["crop"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]),
+                         hue_range=tuple(hue) if hue else None)
+
+
+def checkpoint_card(state: dict, weights: Path, name: str) -> ModelCard:
+    """The card of a trainer checkpoint's own model (fp32, no metrics, calibration or OOD record):
+    what a route that skips the export knows about it."""
+    return _card(state, weights, "fp32", name, preprocessing_of(state), {})
 
 
 def _card(state: dict, weights: Path, precision: str, name: str, prep: Preprocessing, extra: dict) -> ModelCard:
@@ -278,7 +329,8 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
 
 
 def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Write the fp32 ONNX (and the int8 one) with cards; returns {"fp32": path, "int8": path}."""
+    """Write the fp32 ONNX (and the int8 and fp16 ones) with cards; returns {"fp32": path, "int8": path,
+    "fp16": path} for those written."""
     from bmengine.engine.backends import BackendOptions
     from bmengine.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
     from bmengine.engine.evaluate import score_files
@@ -289,9 +341,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
 
     model, state = _load(cfg.checkpoint)
     tcfg = state["config"]
-    hue = tcfg.get("hue_range")
-    prep = Preprocessing(resize=tcfg["resize"], crop=tcfg["crop"], mean=tuple(tcfg["mean"]), std=tuple(tcfg["std"]),
-                         hue_range=tuple(hue) if hue else None)
+    prep = preprocessing_of(state)
     name = cfg.name or cfg.out.stem
     outputs = {"fp32": cfg.out}
     split = _split_files(state, cfg.checkpoint)
@@ -309,20 +359,32 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
         train_files = split["train"]
         calib = _stratified_sample(train_files, _labels_for(train_files, classes), cfg.calibration_images)
         t0 = time.perf_counter()
-        quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration)
+        decoder = resolve_decode_device(cfg.decode_device)
+        quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration, device=decoder)
         log(f"wrote {int8} ({int8_ops} operators, calibrated on {len(calib)} training crops "
             f"in {time.perf_counter() - t0:.0f}s)")
         outputs["int8"] = int8
         int8_training = {"calibration_images": cfg.calibration_images,
                          "calibration_method": cfg.int8_calibration,
+                         "calibration_decoder": DECODER_NAMES[decoder],
                          "quantisation": "symmetric int8 Q/DQ (zero points 0), int32 biases",
                          "int8_ops": {"set": int8_ops, "op_types": list(INT8_OP_SETS[int8_ops] or ["all"])}}
+    precision_training = {"int8": int8_training}  # what each precision's card adds under "training"
+    if cfg.fp16:
+        from bmengine.training.fp16 import fp16_path_for, to_fp16
+
+        fp16 = fp16_path_for(cfg.out)
+        record = to_fp16(cfg.out, fp16)
+        log(f"wrote {fp16} (float32 IO; {', '.join(f'{n} {op}' for op, n in record.fp32_nodes.items()) or 'no'} "
+            "node(s) kept fp32)")
+        outputs["fp16"] = fp16
+        precision_training["fp16"] = {"fp16": record.as_card()}
     val_files = split["val"]
     val_labels = _labels_for(val_files, classes)
     scored: dict[str, dict] = {}
     for precision, path in outputs.items():
-        extra: dict = {"training": int8_training if precision == "int8" else {}}
-        card = _card(state, path, precision, f"{name}" + ("-int8" if precision == "int8" else ""), prep, extra)
+        extra: dict = {"training": precision_training.get(precision, {})}
+        card = _card(state, path, precision, name + ("" if precision == "fp32" else f"-{precision}"), prep, extra)
         # provisional card: the backend refuses a model without one (its ood record has no threshold
         # yet, so a card left like this by a failed export is refused too)
         card.ood = dict(ood_record)
@@ -361,7 +423,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
                 "engine_img_per_s_2_threads": round(len(val_files) / seconds, 1),
             }
             scored[precision] = card.metrics["validation"]
-            if precision == "int8":  # the int8 card also records the fp32 model it came from
+            if precision != "fp32":  # the int8/fp16 card also records the fp32 model it came from
                 card.metrics["fp32_validation"] = {k: scored["fp32"][k] for k in
                                                    ("accuracy", "macro_f1", "per_class_f1")}
             log(f"{precision}: val accuracy {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f} "

@@ -1,4 +1,4 @@
-"""``bmengine export``: a training checkpoint -> ONNX fp32 + int8 with model cards ([train] extra)."""
+"""``bmengine export``: a training checkpoint -> ONNX fp32 + int8 (+ fp16) with model cards ([train] extra)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ def export(
         help="Share of validation crops above the OOD threshold (0-0.5].")] = 0.05,
     calibrate: Annotated[bool, typer.Option(
         help="Fit temperature scaling on the validation split and record it in the card.")] = True,
+    fp16: Annotated[bool, typer.Option(
+        help="Also write <stem>_fp16.onnx (float32 IO, Softmax/LayerNorm/OOD head kept fp32) for fp16 "
+             "TensorRT plans.")] = False,
+    decode_device: Annotated[str, typer.Option(
+        help="Where the int8 calibration and OOD-fit crops are decoded: auto (the GPU's nvJPEG where "
+             "there is one), cpu or gpu.")] = "auto",
 ) -> None:
     """Export ONNX with a model card (classes, taxonomy, preprocessing, metrics, sha256)."""
     from bmengine.training.export import ExportConfig, export as run_export
@@ -37,7 +43,8 @@ def export(
     try:
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
                            name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
-                           false_flag_rate=false_flag_rate, calibrate=calibrate)
+                           false_flag_rate=false_flag_rate, calibrate=calibrate, fp16=fp16,
+                           decode_device=decode_device)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

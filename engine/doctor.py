@@ -91,6 +91,14 @@ def _torch() -> str:
     return f"torch {torch.__version__}, {cuda}"
 
 
+def _torch_tensorrt() -> str:
+    """Its import needs TensorRT's libraries as well as the package (an OSError without them)."""
+    import tensorrt
+    import torch_tensorrt
+
+    return f"torch-tensorrt {torch_tensorrt.__version__}, TensorRT {tensorrt.__version__}"
+
+
 CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
     "onnxruntime": ("ONNX models (.onnx) on the CPU", _onnxruntime),
     "dali-cpu": ("DALI decode/resize/normalise on the CPU", _dali_cpu),
@@ -98,6 +106,7 @@ CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
     "cuda": ("a CUDA GPU", _cuda_gpus),
     "dali-gpu": ("DALI on the GPU (nvJPEG)", _dali_gpu),
     "tensorrt": ("TensorRT engines (.plan), [gpu] extra", _version("tensorrt")),
+    "torch-tensorrt": ("`bmengine compile CKPT.pt` (checkpoint -> .plan without ONNX), [gpu] extra", _torch_tensorrt),
     "torch": ("training, .pt models and the kernels' tensors, [train] or [gpu] extra", _torch),
     "timm": ("backbones for training, [train] extra", _version("timm")),
     "triton": ("Triton kernels (bmengine.kernels), [gpu] extra", _triton),

@@ -54,7 +54,15 @@ class TorchBackend(Backend):
     """Runs the bare network: it reports no OOD score (``Inference.ood_score`` is None, so no crop
     is flagged ``unknown``), even where the card beside the ``.pt`` has an ``ood`` record — the
     Mahalanobis head lives in the exported ONNX graph, not in the checkpoint. The card's
-    temperature is applied (by the base class) as for every backend."""
+    temperature is applied (by the base class) as for every backend.
+
+    Where ``torch.cuda.is_available()`` it runs on GPU ``options.device_id`` and says so
+    (``device = "gpu"``): the pipeline then decodes with nvJPEG and returns each batch on this
+    backend's stream (``input_stream``), ``stage`` takes a private copy of DALI's buffer there
+    (DLPack, the stream-ordered protocol, as engine/qc/on_gpu.py), and ``forward`` runs on the
+    same stream, so nothing waits on the host but the copy of the logits back. Host arrays (tests,
+    ``predict_files``) are copied to the GPU. Elsewhere it runs on the CPU with ``options.threads``.
+    """
 
     name = "torch"
     device = "cpu"
@@ -65,7 +73,6 @@ class TorchBackend(Backend):
 
         from bmengine.training.models import create_model
 
-        torch.set_num_threads(options.threads)
         weights = load_weights(self.model_path)
         spec = spec_from_card(card, self.model_path)
         try:
@@ -76,15 +83,51 @@ class TorchBackend(Backend):
                 f"{self.model_path}: weights do not fit the architecture its card names ({spec}): "
                 f"{str(exc).splitlines()[0]}"
             ) from None
-        self.model = self.model.to(memory_format=torch.channels_last)
         self._torch = torch
         self._num_classes = spec.num_classes
+        self._stream = None
+        if torch.cuda.is_available():
+            if options.device_id >= torch.cuda.device_count():
+                raise ModelCardError(f"{self.model_path}: no GPU {options.device_id} (this machine has "
+                                     f"{torch.cuda.device_count()})")
+            self.device = "gpu"
+            self.torch_device = torch.device("cuda", options.device_id)
+            self._stream = torch.cuda.Stream(self.torch_device)
+        else:
+            torch.set_num_threads(options.threads)
+            self.torch_device = torch.device("cpu")
+        self.model = self.model.to(self.torch_device, memory_format=torch.channels_last)
+
+    @property
+    def input_stream(self) -> int | None:
+        """The stream DALI should return its outputs on (a raw CUDA stream handle), None on the CPU."""
+        return self._stream.cuda_stream if self._stream is not None else None
 
     def io(self) -> ModelIO:
         return ModelIO(None, self._num_classes)
 
-    def forward(self, batch: np.ndarray) -> Outputs:
+    def _stream_context(self):
+        from contextlib import nullcontext
+
+        return self._torch.cuda.stream(self._stream) if self._stream is not None else nullcontext()
+
+    def stage(self, batch):
+        """GPU: a private copy of DALI's batch (DALI reuses its buffers on its next run), queued on
+        this backend's stream; the CPU and host arrays need none."""
+        if self._stream is None or isinstance(batch, np.ndarray):
+            return batch
         torch = self._torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch)).contiguous(memory_format=torch.channels_last)
-            return Outputs(self.model(x).float().numpy(), None)
+        with self._stream_context():
+            return torch.from_dlpack(batch).clone(memory_format=torch.channels_last)
+
+    def forward(self, batch) -> Outputs:
+        torch = self._torch
+        with torch.inference_mode(), self._stream_context():
+            if isinstance(batch, torch.Tensor):
+                x = batch
+            elif isinstance(batch, np.ndarray):
+                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
+            else:  # an unstaged DALI GPU batch
+                x = self.stage(batch)
+            x = x.contiguous(memory_format=torch.channels_last)
+            return Outputs(self.model(x).float().cpu().numpy(), None)

@@ -43,6 +43,19 @@ class PipelineSpec:
     device_id: int = 0
 
 
+def _decoder_args(device: Device) -> dict:
+    """The JPEG decoder: libjpeg-turbo on the CPU, nvJPEG ("mixed") on the GPU. nvJPEG upsamples
+    chroma its own way unless asked to do as libjpeg-turbo does ("fancy upsampling", DALI 2.4
+    decoders.image ``jpeg_fancy_upsampling``: "Make the mixed backend use the same chroma
+    upsampling approach as the cpu one"; DALI issue 3610 names it as the main CPU/GPU difference).
+    With it, what remains between the two is IDCT rounding, which JPEG leaves to the decoder (a
+    grey level or two on some pixels): the QC checks and the int8 calibration see the same
+    pictures on either machine (benchmarks/decoder_parity.py measures it on a GPU)."""
+    if device == "gpu":
+        return {"device": "mixed", "jpeg_fancy_upsampling": True}
+    return {"device": "cpu"}
+
+
 def _define(spec: PipelineSpec):
     from nvidia.dali import fn, pipeline_def, types
 
@@ -51,8 +64,7 @@ def _define(spec: PipelineSpec):
     @pipeline_def(enable_conditionals=False)
     def crop_pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        decoder_device = "mixed" if spec.device == "gpu" else "cpu"
-        decoded = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
+        decoded = fn.decoders.image(encoded, output_type=types.RGB, **_decoder_args(spec.device))
         images = fn.resize(decoded, resize_x=spec.resize, resize_y=spec.resize, antialias=True)
         qc_images = images if spec.qc_size == spec.resize else fn.resize(
             decoded, resize_x=spec.qc_size, resize_y=spec.qc_size, antialias=True)

@@ -170,8 +170,8 @@ def test_outputs_name_the_model_and_version(reference, tiny_model):
     table = pd.read_parquet(out / "differential.parquet")
     assert set(table["model_sha256"]) == {sha}
     html = (out / "report.html").read_text()
-    assert sha in html and all(s in html for s in SLIDES) and "data:image/png;base64," in html
-    assert (out / "S1" / "histogram.png").stat().st_size > 1000
+    assert sha in html and all(s in html for s in SLIDES) and "data:image/svg+xml;base64," in html
+    assert (out / "S1" / "histogram.svg").stat().st_size > 1000
 
 
 def test_killed_run_resumes_to_the_same_result(slides, tiny_model, reference, tmp_path):

@@ -16,7 +16,6 @@ from bmengine.engine.taxonomy import get_taxonomy
 
 PBC = get_taxonomy("pbc-blood-8")
 MATEK = get_taxonomy("matek-bone-marrow-21")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _cells(taxonomy, counts: dict[str, int], labels: bool, error_rows: int = 0) -> pd.DataFrame:
@@ -77,9 +76,10 @@ def test_report_is_self_contained(pbc_report):
     assert not re.search(r"https?://", text)
     assert "<script" not in text.lower() and "<link" not in text.lower()
     sources = re.findall(r'src="([^"]*)"', text)
-    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 2 and all(s.startswith("data:image/svg+xml;base64,") for s in sources)
     for s in sources:
-        assert base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC)
+        svg = base64.b64decode(s.split(",", 1)[1]).decode("utf-8")
+        assert svg.startswith("<svg ") and "href" not in svg  # nothing the picture would fetch
 
 
 def test_report_names_every_slide_and_escapes_text(pbc_report):
@@ -104,7 +104,7 @@ def test_report_header_and_numbers(pbc_report):
 def test_report_with_only_failures(tmp_path):
     statuses = [{"slide_id": "a", "status": "failed", "error": "OSError: gone", "seconds": 0.0, "n_crops": 0}]
     text = write_report(tmp_path, _run_info(MATEK), [], statuses, MATEK).read_text(encoding="utf-8")
-    assert "OSError: gone" in text and "data:image/png" not in text
+    assert "OSError: gone" in text and "data:image/" not in text
 
 
 def test_matek_report_shows_derived_figures(tmp_path):
@@ -115,12 +115,44 @@ def test_matek_report_shows_derived_figures(tmp_path):
     assert f"<td>{100 * 15 / 175:.1f}</td>" in text  # blasts per 100 base cells, 8.6
 
 
-def test_plot_histogram_writes_png(tmp_path):
+def _svg(path):
+    import xml.etree.ElementTree as ET
+
+    return ET.fromstring(path.read_text(encoding="utf-8"))
+
+
+def _tagged(root, tag: str, cls: str) -> dict[str, object]:
+    ns = "{http://www.w3.org/2000/svg}"
+    return {e.get("data-class"): e for e in root.iter(ns + tag) if e.get("class") == cls}
+
+
+def test_the_histogram_svg_draws_each_class_at_its_percentage_with_its_interval(tmp_path):
+    """Bars are as tall as their percentages (one scale for all), error bars span the row's exact
+    interval on the same scale, excluded classes are hatched, the counts are printed, and the
+    known truth gets one marker per class; the file is well-formed XML written atomically."""
     row = summarize_slide("s", _cells(MATEK, {"BLA": 5, "NGS": 40, "KSC": 3}, labels=True), MATEK)
-    path = plot_histogram(row, MATEK, tmp_path / "plots" / "s.png", title="s (48 cells)")
-    assert path.read_bytes().startswith(PNG_MAGIC) and not list(path.parent.glob("*.partial"))
+    path = plot_histogram(row, MATEK, tmp_path / "plots" / "s.svg", title="s <48 cells> & more")
+    assert not list(path.parent.glob("*.partial"))
+    root = _svg(path)
+    bars, intervals = _tagged(root, "rect", "bar"), _tagged(root, "line", "ci")
+    assert set(bars) == set(MATEK.classes)
+    base = float(bars["NGS"].get("y")) + float(bars["NGS"].get("height"))  # the zero line
+    scale = float(bars["NGS"].get("height")) / row["pct_NGS"]
+    for c in ("NGS", "BLA"):
+        assert float(bars[c].get("height")) == pytest.approx(row[f"pct_{c}"] * scale, abs=0.15)
+        low, high = sorted(float(intervals[c].get(k)) for k in ("y1", "y2"))
+        assert base - high == pytest.approx(row[f"ci_low_{c}"] * scale, abs=0.15)
+        assert base - low == pytest.approx(row[f"ci_high_{c}"] * scale, abs=0.15)
+    excluded = [c for c in MATEK.classes if c in MATEK.excluded]
+    assert excluded and all(bars[c].get("fill") == "url(#excluded-hatch)" for c in excluded)
+    assert all(bars[c].get("fill") != "url(#excluded-hatch)" for c in MATEK.counted)
+    texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "40" in texts and "5" in texts and "s <48 cells> & more" in texts  # escaped on disk, exact when read
+    assert len([e for e in root.iter("{http://www.w3.org/2000/svg}path") if e.get("class") == "truth"]) == len(
+        MATEK.classes)
     empty = summarize_slide("e", _cells(PBC, {}, labels=False, error_rows=4), PBC)
-    assert plot_histogram(empty, PBC, tmp_path / "e.png", title="empty").stat().st_size > 1000
+    assert "no cells counted" in [t.text for t in _svg(plot_histogram(empty, PBC, tmp_path / "e.svg", "empty")).iter(
+        "{http://www.w3.org/2000/svg}text")]
 
 
 def test_number_formatting():
@@ -132,9 +164,9 @@ def test_number_formatting():
 
 def test_each_histogram_is_drawn_once_and_the_report_inlines_its_bytes(tmp_path):
     row = summarize_slide("s1", _cells(PBC, PBC_COUNTS, labels=False), PBC)
-    drawn = plot_histogram(row, PBC, tmp_path / "s1" / "histogram.png", title="as the slide writer drew it")
+    drawn = plot_histogram(row, PBC, tmp_path / "s1" / "histogram.svg", title="as the slide writer drew it")
     text = write_report(tmp_path, _run_info(PBC), [row], [{"slide_id": "s1", "status": "ok"}], PBC).read_text()
-    (source,) = re.findall(r'src="data:image/png;base64,([^"]*)"', text)
+    (source,) = re.findall(r'src="data:image/svg\+xml;base64,([^"]*)"', text)
     assert base64.b64decode(source) == drawn.read_bytes()
 
 
@@ -146,6 +178,6 @@ def test_an_archive_above_the_inline_limit_gets_an_index_that_links_each_histogr
     statuses = [{"slide_id": f"s{i}", "status": "ok"} for i in range(4)]
     text = write_report(tmp_path, _run_info(PBC), rows, statuses, PBC).read_text()
     assert "data:image" not in text and "<section" not in text
-    assert all(f'href="s{i}/histogram.png"' in text for i in range(4))
+    assert all(f'href="s{i}/histogram.svg"' in text for i in range(4))
     small = write_report(tmp_path, _run_info(PBC), rows[:3], statuses[:3], PBC).read_text()
-    assert small.count("data:image/png;base64,") == 3
+    assert small.count("data:image/svg+xml;base64,") == 3

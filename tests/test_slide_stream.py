@@ -77,7 +77,7 @@ def test_streamed_slides_equal_slides_classified_one_at_a_time(engine, stores, t
         cells = pd.read_parquet(streamed / status.slide_id / "cells.parquet")
         pd.testing.assert_frame_equal(cells, pd.read_parquet(alone / status.slide_id / "cells.parquet"))
         assert cells["cell_index"].tolist() == list(range(status.n_crops))  # every crop once
-        assert (streamed / status.slide_id / "histogram.png").stat().st_size > 0
+        assert (streamed / status.slide_id / "histogram.svg").stat().st_size > 0
         marker = json.loads((streamed / status.slide_id / MARKER).read_text())
         assert marker["status"] == "ok" and marker["row"].keys() == want_row.keys()
         assert all(got == want or (got != got and want != want)  # NaN (an undefined ratio) equals NaN here

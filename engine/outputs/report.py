@@ -1,10 +1,10 @@
 """One self-contained ``report.html`` per run, written for the morphologist who signs the differential.
 
 Self-contained means it survives being e-mailed or archived: inline CSS, histograms as base64
-PNG data URIs, no scripts, no external assets. Every piece of text from outside (slide ids, error
+SVG data URIs, no scripts, no external assets. Every piece of text from outside (slide ids, error
 messages, model names) is HTML-escaped.
 
-Each histogram is drawn once, when its slide is written (``<slide>/histogram.png``); the report
+Each histogram is drawn once, when its slide is written (``<slide>/histogram.svg``); the report
 inlines those bytes. An archive of more than ``INLINE_SLIDES`` slides gets an index instead: the
 summary table, each slide linking to its own histogram beside the report, so a 10,000-slide
 report stays a few MB and is built without drawing anything.
@@ -21,11 +21,11 @@ from typing import Callable
 
 from bmengine.engine.outputs.atomic import atomic_write_bytes
 from bmengine.engine.outputs.differential import derived_columns, figure_interval_kind
-from bmengine.engine.outputs.plots import histogram_png
+from bmengine.engine.outputs.plots import HISTOGRAM_NAME, histogram_svg
 from bmengine.engine.taxonomy import Taxonomy
 
 REPORT_NAME = "report.html"
-INLINE_SLIDES = 200  # above this, the report is an index whose slides link to <slide>/histogram.png
+INLINE_SLIDES = 200  # above this, the report is an index whose slides link to <slide>/histogram.svg
 DASH = "\u2014"
 
 CSS = """
@@ -140,7 +140,7 @@ def _summary(entries: list[tuple[str, dict]], rows: dict[str, dict], taxonomy: T
     anchors = {sid: i for i, sid in enumerate(rows)}
     for slide_id, status in entries:
         row = rows.get(slide_id, {}) if status.get("status") != "failed" else {}
-        target = f"{_e(slide_id)}/histogram.png" if index else f"#slide-{anchors.get(slide_id)}"
+        target = f"{_e(slide_id)}/{HISTOGRAM_NAME}" if index else f"#slide-{anchors.get(slide_id)}"
         link = f'<a href="{target}">{_e(slide_id)}</a>' if row else _e(slide_id)
         cells = [link, _e(row.get("patient_id") or DASH), _status(status.get("status", "ok")),
                  _e(row.get("n_crops", status.get("n_crops", DASH))), _e(row.get("n_cells", DASH)),
@@ -219,8 +219,9 @@ def histogram_title(slide_id: str, row: dict) -> str:
 def _slide_section(index: int, slide_id: str, row: dict, status: dict, taxonomy: Taxonomy,
                    truth: dict[str, dict[str, float]] | None, drawn: bytes | None) -> str:
     known, source = slide_truth(slide_id, row, taxonomy, truth)
-    png = drawn or histogram_png(row, taxonomy, histogram_title(slide_id, row), known)
-    image = f'<img alt="cell histogram of {_e(slide_id)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    svg = drawn or histogram_svg(row, taxonomy, histogram_title(slide_id, row), known).encode("utf-8")
+    image = (f'<img alt="cell histogram of {_e(slide_id)}" '
+             f'src="data:image/svg+xml;base64,{base64.b64encode(svg).decode()}">')
     patient = f" {DASH} patient {_e(row['patient_id'])}" if row.get("patient_id") else ""
     warning = (f"<p class='domain-warning'><b>Domain warning:</b> {_e(row['domain_warning'])}</p>"
                if row.get("domain_warning") else "")
@@ -249,7 +250,7 @@ def render_report(run_info: dict, rows: list[dict], statuses: list[dict], taxono
                   truth: dict[str, dict[str, float]] | None = None,
                   drawn: Callable[[str], bytes | None] = lambda slide_id: None) -> str:
     """The report's HTML text (see :func:`write_report`); ``drawn(slide_id)``: the slide's histogram
-    PNG if it was drawn already (else it is drawn here)."""
+    SVG bytes if it was drawn already (else it is drawn here)."""
     by_row = {str(r["slide_id"]): r for r in rows}
     entries = _entries(rows, statuses)
     ran = {}  # slide id -> the status of the store whose row it is (not a failed namesake)
@@ -259,7 +260,7 @@ def render_report(run_info: dict, rows: list[dict], statuses: list[dict], taxono
     index = len(by_row) > INLINE_SLIDES
     if index:
         sections = [f"<p class='note'>{len(by_row)} slides: each slide's histogram is linked from the table "
-                    f"(&lt;slide&gt;/histogram.png beside this page); the counts and intervals of every slide are "
+                    f"(&lt;slide&gt;/{HISTOGRAM_NAME} beside this page); the counts and intervals of every slide are "
                     f"in differential.csv.</p>"]
     else:
         sections = [_slide_section(i, sid, row, ran.get(sid, {}), taxonomy, truth, drawn(sid))
@@ -282,8 +283,8 @@ def write_report(out_dir: Path, run_info: dict, rows: list[dict], statuses: list
     path = Path(out_dir) / REPORT_NAME
 
     def drawn(slide_id: str) -> bytes | None:
-        png = Path(out_dir) / slide_id / "histogram.png"
-        return png.read_bytes() if png.is_file() else None
+        drawn_file = Path(out_dir) / slide_id / HISTOGRAM_NAME
+        return drawn_file.read_bytes() if drawn_file.is_file() else None
 
     atomic_write_bytes(path, render_report(run_info, rows, statuses, taxonomy, truth, drawn).encode("utf-8"))
     return path

@@ -96,13 +96,13 @@ def process_slide(store, engine, reader, on_batch: Callable[[int], None] | None 
 
 def write_slide(output: SlideOutput, slide_dir: Path, taxonomy) -> None:
     """The slide's cells table and histogram (the marker is written by ``record_slide``, last)."""
-    from bmengine.engine.outputs.plots import plot_histogram
+    from bmengine.engine.outputs.plots import HISTOGRAM_NAME, plot_histogram
     from bmengine.engine.outputs.report import histogram_title
 
     with atomic_path(slide_dir / "cells.parquet") as tmp:
         output.cells.to_parquet(tmp, index=False)
     row = output.row
-    plot_histogram(row, taxonomy, slide_dir / "histogram.png", title=histogram_title(row["slide_id"], row),
+    plot_histogram(row, taxonomy, slide_dir / HISTOGRAM_NAME, title=histogram_title(row["slide_id"], row),
                    truth=output.known_mixture_pct)  # drawn once: the report inlines these bytes
 
 

@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,17 +150,28 @@ class Plan:
         return [entry for _, entry in self.entries if isinstance(entry, SlideJob)]
 
 
-def plan_run(cfg: RunConfig, engine: Engine | ModelRef, stores: list[Path], warnings: list[str], progress: Progress) -> Plan:
-    """Open every store, refuse duplicate ids, and let resume decide what is already done."""
+def open_stores(paths: list[Path]) -> list[tuple[Path, object]]:
+    """Each store opened and validated, or the exception that says why it cannot be (a malformed
+    store is that slide's failure, not the run's). Reads no output: runs before OUT is locked."""
     from bmengine.engine.store import SlideStore
 
-    card, plan, seen = engine.card, Plan(), {}
-    for path in stores:
+    opened: list[tuple[Path, object]] = []
+    for path in paths:
         try:
-            store = SlideStore.open(path)
-        except Exception as exc:  # a malformed store is that slide's failure, not the run's
+            opened.append((path, SlideStore.open(path)))
+        except Exception as exc:
+            opened.append((path, exc))
+    return opened
+
+
+def plan_run(cfg: RunConfig, engine: Engine | ModelRef, stores: list[tuple[Path, object]], warnings: list[str],
+             progress: Progress) -> Plan:
+    """Refuse duplicate ids, and let resume decide what is already done (``stores``: from ``open_stores``)."""
+    card, plan, seen = engine.card, Plan(), {}
+    for path, store in stores:
+        if isinstance(store, Exception):
             plan.entries.append((str(path), SlideStatus(path.name.removesuffix(".zarr"), str(path), "failed",
-                                                        error=f"{type(exc).__name__}: {exc}")))
+                                                        error=f"{type(store).__name__}: {store}")))
             continue
         plan.n_crops += store.n_cells
         n_warnings = len(warnings)
@@ -191,6 +203,13 @@ def plan_run(cfg: RunConfig, engine: Engine | ModelRef, stores: list[Path], warn
     return plan
 
 
+def _ready_engine(spec: EngineSpec) -> Engine:
+    """The engine with its decoding pipeline built: the first batch does not wait for it."""
+    engine = Engine.load(spec)
+    engine.pipeline.build()
+    return engine
+
+
 def make_runner(cfg: RunConfig, engine: Engine, plan: Plan):
     if cfg.distributed:
         from bmengine.engine.pipeline.dask_runner import ClusterRequest, DaskRunner
@@ -210,14 +229,19 @@ def run_engine(cfg: RunConfig, progress: Progress | None = None) -> RunResult:
     stores = find_slide_stores(cfg.slides_dir)  # raises on a missing/empty folder, before any work
     if cfg.shard is not None:
         stores = cfg.shard.select(stores)
-    # the local runner's engine; a Dask client plans from the card alone (its workers load the model)
-    engine = ModelRef.load(cfg.engine_spec) if cfg.distributed else Engine.load(cfg.engine_spec)
+    # the local runner's engine, set up (backend, DALI pipeline built) while the stores are opened;
+    # a Dask client plans from the card alone (its workers load the model)
+    with ThreadPoolExecutor(1, thread_name_prefix="bmengine-load") as pool:
+        loading = None if cfg.distributed else pool.submit(_ready_engine, cfg.engine_spec)
+        opened = open_stores(stores)
+        # a model that cannot be loaded fails here, before OUT exists
+        engine = ModelRef.load(cfg.engine_spec) if loading is None else loading.result()
     with OutputLock(cfg.out_dir, cfg.shard.name if cfg.shard else None) as lock:  # creates OUT; refuses a 2nd run
         warnings: list[str] = []
         if lock.stale is not None:
             warnings.append(_stale_lock_warning(lock.stale))
             progress.warning(warnings[-1])
-        plan = plan_run(cfg, engine, stores, warnings, progress)
+        plan = plan_run(cfg, engine, opened, warnings, progress)
         progress.slides_found(len(plan.entries), plan.n_crops)
         finished: dict[str, tuple[SlideStatus, dict | None]] = {}
         for store, entry in plan.entries:

@@ -148,11 +148,16 @@ def main() -> None:
     parser.add_argument("--naive-crops", type=int, default=0, help="crops for the naive script (0: all of them)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="crops per batch (default: what `bmengine run` chooses for the model)")
     parser.add_argument("--rss-cells", type=int, default=10, help="cells per slide of the peak-RSS archives")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    from bmengine.engine.backends import default_batch_size
     from bmengine.engine.bench import machine_info
+
+    batch_size = args.batch_size or default_batch_size(args.model)  # the ceiling runs at the run's batch
+    batch_flag = ("--batch-size", str(args.batch_size)) if args.batch_size else ()
 
     crops = pbc_crops(args.crops)
     one = build_archive(crops, len(crops), args.work / "one")
@@ -161,15 +166,14 @@ def main() -> None:
     small500 = build_archive(pbc_crops(500 * args.rss_cells), args.rss_cells, args.work / "rss500")
     out = args.work / "out"
     n, rows = len(crops), {}
-    common = ("--threads", str(args.threads), "--batch-size", str(args.batch_size))
+    common = ("--threads", str(args.threads), *batch_flag)
     rows.update(run_rows({
         "one slide": (one, *common),
         "archive of 200-cell slides": (archive, *common),
         "archive, --workers 1": (archive, "--workers", "1", *common),
-        "archive, --workers 2 --threads 1": (archive, "--workers", "2", "--threads", "1",
-                                             "--batch-size", str(args.batch_size)),
+        "archive, --workers 2 --threads 1": (archive, "--workers", "2", "--threads", "1", *batch_flag),
     }, args.model, out, args.repeats))
-    rows["backend-only ceiling"] = ceiling(crops, args.model, args.batch_size, args.threads, args.repeats)
+    rows["backend-only ceiling"] = ceiling(crops, args.model, batch_size, args.threads, args.repeats)
     for row in rows.values():
         row["crops_per_second"] = round(n / row["median_seconds"], 1)
     rss_rows = run_rows({f"10 slides x {args.rss_cells} cells": (small10, *common),
@@ -184,7 +188,8 @@ def main() -> None:
     record = {
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "model": str(args.model), "crops": n,
-        "settings": {"threads": args.threads, "batch_size": args.batch_size, "repeats": args.repeats},
+        "settings": {"threads": args.threads, "batch_size": batch_size, "batch_size_given": args.batch_size is not None,
+                     "repeats": args.repeats},
         "rows": rows, "peak_rss_mb": rss, "naive_lab_script": lab,
         "ratios": {
             "archive / one slide": round(rate["archive of 200-cell slides"] / rate["one slide"], 3),

@@ -64,3 +64,23 @@ def test_tensorrt_backend_needs_tensorrt(tiny_model, tmp_path):
             load_backend(plan)
     else:
         pytest.skip("TensorRT is installed: the GPU tests cover the real engine")
+
+
+def test_without_a_batch_size_each_runtime_picks_its_own(tiny_model, tmp_path):
+    """`run`/`eval`/`bench` without --batch-size: ONNX Runtime on a CPU takes its small batch; a
+    TensorRT plan takes the batch its optimisation profile was tuned for (the card compile wrote)."""
+    from bmengine.engine.backends import default_batch_size
+    from bmengine.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from bmengine.engine.backends.tensorrt_backend import TensorRTBackend
+
+    assert default_batch_size(tiny_model) == OnnxRuntimeBackend.default_batch_size < 64
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"not a real engine: only its card is read")
+    card = load_card(tiny_model)
+    card.architecture = {**card.architecture, "tensorrt": {"opt_batch": 384, "max_batch": 512}}
+    card.weights_file, card.weights_sha256 = plan.name, sha256_of(plan)
+    write_card(card, plan)
+    assert default_batch_size(plan) == 384
+    card.architecture = {k: v for k, v in card.architecture.items() if k != "tensorrt"}
+    write_card(card, plan)
+    assert default_batch_size(plan) == TensorRTBackend.default_batch_size

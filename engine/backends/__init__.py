@@ -33,6 +33,15 @@ def _torch():
     return TorchBackend
 
 
+def default_batch_size(model_path) -> int:
+    """Crops per batch for this model when the user names none: its runtime's choice (16 on
+    ONNX Runtime on a CPU; a TensorRT plan's tuned batch)."""
+    from bmengine.engine.model.card import load_card
+
+    _, loader = backend_for(model_path)
+    return loader().preferred_batch_size(load_card(model_path))
+
+
 def load_backend(model_path, options: BackendOptions | None = None) -> Backend:
     """Load a model with its card, pick the runtime, and refuse any disagreement between them."""
     from bmengine.engine.model.card import load_card
@@ -44,4 +53,5 @@ def load_backend(model_path, options: BackendOptions | None = None) -> Backend:
     return backend
 
 
-__all__ = ["Backend", "BackendOptions", "Inference", "ModelIO", "Outputs", "backend_for", "known_backends", "load_backend", "register_backend"]
+__all__ = ["Backend", "BackendOptions", "Inference", "ModelIO", "Outputs", "backend_for", "default_batch_size",
+           "known_backends", "load_backend", "register_backend"]

@@ -56,6 +56,14 @@ class Backend(ABC):
     #: where the preprocessing must leave the batch: "cpu" (NumPy) or "gpu" (device memory)
     device: Literal["cpu", "gpu"] = "cpu"
 
+    #: crops per batch when the user names none (``bmengine run/eval/bench`` without --batch-size)
+    default_batch_size: int = 64
+
+    @classmethod
+    def preferred_batch_size(cls, card: ModelCard) -> int:
+        """The batch this runtime runs a model fastest at, as far as the card tells."""
+        return cls.default_batch_size
+
     def __init__(self, model_path: Path, card: ModelCard, options: BackendOptions):
         self.model_path = Path(model_path)
         self.card = card

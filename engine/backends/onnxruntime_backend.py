@@ -26,6 +26,11 @@ def _model_for_cpu(model_path) -> str | bytes:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     device = "cpu"
+    # Small batches keep a CPU's caches warm: on 2 AMD EPYC cores (2026-11-25, ONNX Runtime int8,
+    # each batch split into 2 single-threaded runs) the CoAtNet-0 default inferred 114.5 img/s at 16,
+    # 109.4 at 32, 103.6 at 64, and a whole 4,000-crop archive ran 7% faster at 16 than at 64; the
+    # RegNetX-3.2GF fast model barely cares (347 / 355 / 360 img/s).
+    default_batch_size = 16
 
     def __init__(self, model_path, card, options):
         super().__init__(model_path, card, options)

@@ -28,7 +28,7 @@ import numpy as np
 
 from bmengine.engine.backends import cuda_runtime as cuda
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
-from bmengine.engine.model.card import ModelCardError
+from bmengine.engine.model.card import ModelCard, ModelCardError
 from bmengine.engine.pipeline.stages import DECODE_AHEAD
 
 RING = DECODE_AHEAD + 2
@@ -53,6 +53,13 @@ def plan_mismatch(built: dict, here: dict) -> str | None:
 class TensorRTBackend(Backend):
     name = "tensorrt"
     device = "gpu"
+    default_batch_size = 256
+
+    @classmethod
+    def preferred_batch_size(cls, card: ModelCard) -> int:
+        """The batch the plan's optimisation profile was tuned for (``bmengine compile --opt-batch``)."""
+        built = (card.architecture or {}).get("tensorrt") or {}
+        return int(built.get("opt_batch") or cls.default_batch_size)
 
     def __init__(self, model_path, card, options):
         super().__init__(model_path, card, options)

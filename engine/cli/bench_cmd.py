@@ -10,13 +10,13 @@ import typer
 
 from bmengine.engine.assets import SAMPLE_SLIDES
 from bmengine.engine.cli.console import esc
-from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, ModelOption, ThreadsOption
+from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, InferenceBatchOption, ModelOption, ThreadsOption
 
 
 def bench(
     slides_dir: Annotated[Path, typer.Argument(help="Folder of slide stores.")] = SAMPLE_SLIDES,
     model: ModelOption = DEFAULT_MODEL_PATH,
-    batch_size: BatchOption = 64,
+    batch_size: InferenceBatchOption = None,
     threads: ThreadsOption = 2,
     repeats: Annotated[int, typer.Option(help="Timed repeats per stage (after one warm-up).")] = 3,
     record: Annotated[Optional[Path], typer.Option(help="Write the JSON record here.")] = None,
@@ -33,9 +33,10 @@ def bench(
     from rich.console import Console
     from rich.table import Table
 
-    from bmengine.engine.backends import backend_for
+    from bmengine.engine.backends import backend_for, default_batch_size
     from bmengine.engine.bench import bench as run_bench
 
+    batch_size = batch_size or default_batch_size(model)  # what `bmengine run` would use
     result = run_bench(slides_dir, model, batch_size=batch_size, threads=threads, repeats=repeats)
     if backend_for(Path(model))[0] == "tensorrt":
         from bmengine.engine.bench_gpu import archive_crops, gpu_bench

@@ -11,7 +11,7 @@ import typer
 if TYPE_CHECKING:
     import numpy as np
 
-from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, BatchOption, LabelMapOption, ModelOption, ThreadsOption
+from bmengine.engine.cli.options import DEFAULT_MODEL_PATH, InferenceBatchOption, LabelMapOption, ModelOption, ThreadsOption
 
 
 def evaluate(
@@ -22,7 +22,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Also write confusion matrix (CSV, PNG) and PR curves here.")] = None,
     held_out: Annotated[bool, typer.Option("--held-out", help="Score only the crops the model's training held out "
                                            "(the split its card records: seed and validation fraction).")] = False,
-    batch_size: BatchOption = 64,
+    batch_size: InferenceBatchOption = None,
     threads: ThreadsOption = 2,
     label_map: LabelMapOption = None,
 ) -> None:
@@ -32,7 +32,10 @@ def evaluate(
     from bmengine.engine.model.card import ModelCardError
     from bmengine.engine.pipeline.engine import Engine, EngineSpec
 
+    from bmengine.engine.backends import default_batch_size
+
     try:  # the Engine `bmengine run` sets up: same backend, pipeline, limits and label map
+        batch_size = batch_size or default_batch_size(model)
         engine = Engine.load(EngineSpec(model, batch_size=batch_size, threads=threads, label_map=label_map))
         labels_of = engine.label_map if label_map is not None else None
         data = ImageFolder.scan(folder, tuple(engine.card.classes), label_map=labels_of)

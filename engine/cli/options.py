@@ -16,6 +16,9 @@ ModelOption = Annotated[
 ]
 ThreadsOption = Annotated[int, typer.Option("--threads", min=1, help="CPU threads for decoding and inference.")]
 BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Crops per batch.")]
+InferenceBatchOption = Annotated[Optional[int], typer.Option(
+    "--batch-size", min=1, help="Crops per batch. Default: the model's runtime chooses (16 with ONNX Runtime "
+    "on a CPU, where small batches run fastest; a TensorRT plan's tuned --opt-batch).")]
 MaxCropBytesOption = Annotated[int, typer.Option(
     "--max-crop-bytes", min=1, help="Refuse (and name) any crop file larger than this many bytes.")]
 MaxCropPixelsOption = Annotated[int, typer.Option(

@@ -11,7 +11,7 @@ import typer
 from bmengine.engine.cli.console import LOG_NAME, esc, route_noise_to_log, writable_dir_problem
 from bmengine.engine.cli.options import (
     DEFAULT_MODEL_PATH,
-    BatchOption,
+    InferenceBatchOption,
     LabelMapOption,
     MaxCropBytesOption,
     MaxCropPixelsOption,
@@ -67,7 +67,7 @@ def run(
     slides_dir: Annotated[Path, typer.Argument(help="Folder of slide stores (*.zarr, see `bmengine ingest`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; re-running resumes it.")] = Path("bmengine-out"),
     model: ModelOption = DEFAULT_MODEL_PATH,
-    batch_size: BatchOption = 64,
+    batch_size: InferenceBatchOption = None,
     threads: ThreadsOption = 2,
     workers: Annotated[int, typer.Option(
         min=0, help="Classify slides in this many local worker processes (a Dask cluster), each with its own "
@@ -95,6 +95,7 @@ def run(
 
     from bmengine.engine.store.limits import InputLimits
 
+    from bmengine.engine.backends import default_batch_size
     from bmengine.engine.backends.devices import parse_gpu_list
     from bmengine.engine.pipeline.shard import Shard
 
@@ -111,6 +112,7 @@ def run(
         console.print(f"[red]error:[/] {esc(problem)}")
         raise typer.Exit(EXIT_USAGE)
     console = Console(file=route_noise_to_log(out / LOG_NAME), highlight=False, soft_wrap=True)  # grep-able lines
+    batch_size = batch_size or default_batch_size(model)
     limits = InputLimits(max_crop_bytes=max_crop_bytes, max_crop_pixels=max_crop_pixels)
     try:
         result = _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limits, label_map, share,

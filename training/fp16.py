@@ -25,7 +25,6 @@ What stays fp32, and why:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,13 +53,10 @@ class Fp16Record:
 
 def _float16_module():
     """ONNX Runtime's converter. Importing ``onnxruntime.transformers`` appends its own folder to
-    ``sys.path`` (for its scripts' bare imports); the converter needs none of that, so the path is
-    put back as it was."""
-    saved = list(sys.path)
-    try:
-        from onnxruntime.transformers import float16
-    finally:
-        sys.path[:] = saved
+    ``sys.path``, and must be left so: its modules import each other by bare name, and
+    ``onnxruntime.quantization`` (the int8 export) imports one of them later in the same process."""
+    from onnxruntime.transformers import float16
+
     return float16
 
 

@@ -207,9 +207,9 @@ class SlideStream:
 
 
 def _import_post_processing() -> None:
-    """Import what the write stage needs (pandas' writers, SciPy, matplotlib: about a second) up
-    front, in this thread: lazily, on the first slide, the imports would hold the interpreter
-    while the other stages wait."""
+    """Import what the write stage needs (pandas' writers, SciPy's special functions: most of a
+    second) up front, in this thread: lazily, on the first slide, the imports would hold the
+    interpreter while the other stages wait."""
     import bmengine.engine.outputs.differential  # noqa: F401
     import bmengine.engine.outputs.plots  # noqa: F401
     import bmengine.engine.outputs.report  # noqa: F401

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import DATA
@@ -34,7 +36,67 @@ def test_finetune_on_another_labs_folders_records_both_validation_sets(trained_r
     assert card["metrics"]["validation"]["n"] == 8  # the lab's held-out half
     assert card["metrics"]["base_validation"]["n"] > 0  # the original training data's validation split
     assert card["training"]["finetuned_from"]["checkpoint"] == str(checkpoint)
+    # replay: base training crops of every class (not only the lab's two) in training, never in validation
+    replay = card["training"]["finetuned_from"]["replay"]
+    assert replay["n"] > 0 and len(replay["per_class"]) == len(card["classes"])
+    base_split = json.loads((checkpoint.parents[1] / "split.json").read_text())
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    replayed = set(split["train"]) & set(base_split["train"])
+    assert len(replayed) == replay["n"] and not set(split["train"]) & set(base_split["val"])
+    assert all("lab-data" in f for f in split["val"]) and len(split["val"]) == 8
+    assert 0.0 <= card["metrics"]["validation_before_finetune"]["accuracy"] <= 1.0
     assert card["classes"] == json.loads((trained_run.parent / (trained_run.name + ".card.json")).read_text())["classes"]
     scored = bmengine("eval", lab, "--model", tmp_path / "run" / "export" / "run_int8.onnx", "--label-map", label_map,
                       "--json")
     assert scored.returncode == 0 and json.loads(scored.stdout)["n"] == 16
+
+
+def _base_run(tmp_path, per_class_files: int = 6):
+    """A base run's split.json over real PBC crops in a nested class-per-folder layout."""
+    from conftest import pbc_files
+
+    data = tmp_path / "pbc"
+    train, val = [], []
+    for cls in ("lymphocyte", "neutrophil", "platelet"):
+        folder = data / cls / "batch-1"
+        folder.mkdir(parents=True)
+        for i, f in enumerate(pbc_files(cls, per_class_files)):
+            shutil.copy(f, folder / f.name)
+            (val if i % 3 == 0 else train).append(str(folder / f.name))
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train, "val": val}))
+    return data, split, train, val
+
+
+def test_replay_takes_base_training_crops_of_each_class_by_top_folder(tmp_path):
+    from bmengine.training.replay import read_replay, select_replay, write_replay
+
+    classes = ("basophil", "lymphocyte", "neutrophil", "platelet")
+    data, split, train, val = _base_run(tmp_path)
+    Path(train[0]).unlink()  # gone since the base run: skipped, not an error
+    replay = select_replay(split, data, classes, per_class=3, seed=0)
+    chosen = [str(f) for f in replay.files]
+    assert set(chosen) <= set(train[1:]) and not set(chosen) & set(val)
+    assert sorted(classes[i] for i in set(replay.labels)) == ["lymphocyte", "neutrophil", "platelet"]
+    assert all(Path(f).relative_to(data).parts[0] == classes[label] for f, label in zip(chosen, replay.labels))
+    assert np.bincount(replay.labels).max() == 3
+    again = read_replay(write_replay(replay, classes, tmp_path / "replay.json"), classes)
+    assert again.files == replay.files and (again.labels == replay.labels).all()
+    with pytest.raises(FileNotFoundError, match="split.json"):
+        select_replay(split, tmp_path / "elsewhere", classes, per_class=3, seed=0)
+
+
+def test_with_replay_keeps_validation_and_gives_the_lab_half_of_training():
+    from bmengine.engine.dataset import ImageFolder
+    from bmengine.training.replay import ReplaySet, with_replay
+
+    lab = ImageFolder(Path("lab"), ("a", "b"), tuple(Path(f"lab/{i}.png") for i in range(10)),
+                      np.array([0] * 5 + [1] * 5))
+    train_idx, val_idx = np.array([0, 1, 2, 5, 6, 7]), np.array([3, 4, 8, 9])
+    replay = ReplaySet(tuple(Path(f"pbc/{i}.jpg") for i in range(20)), np.array([0, 1] * 10), "split.json")
+    merged, train = with_replay(lab, train_idx, replay)
+    assert merged.files[:10] == lab.files and (merged.labels[val_idx] == lab.labels[val_idx]).all()
+    own = train[train < 10]
+    assert set(own) == set(train_idx) and len(own) >= len(replay.files)
+    assert [merged.files[i] for i in train[train >= 10]] == list(replay.files)
+    assert not set(train) & set(val_idx)

@@ -76,3 +76,20 @@ def test_conv_set_keeps_attention_in_fp32_and_stays_close_to_it(tmp_path):
     reference = logits(fp32)
     scale = np.abs(reference).max()
     assert np.abs(logits(tmp_path / "msca_conv.onnx") - reference).max() < 0.1 * scale
+
+
+@pytest.mark.parametrize("method", ["percentile", "minmax"])
+def test_calibration_set_not_a_multiple_of_the_batch_quantises(tmp_path, method):
+    """40 crops make a batch of 32 and one of 8; the percentile calibrator stacks all batches into one
+    array, so a short last batch used to fail export (a fine-tune's 350-crop training split did)."""
+    from bmengine.training.export import _CalibrationReader
+
+    files = [str(f) for cls in ("neutrophil", "lymphocyte") for f in pbc_files(cls, 20)]
+    reader = _CalibrationReader(files, PREP, "image", batch_size=32)
+    shapes = []
+    while (batch := reader.get_next()) is not None:
+        shapes.append(batch["image"].shape)
+    assert shapes == [(32, 3, 32, 32)] * 2  # 40 crops, the second batch filled from the start
+    fp32 = _export("regnetx_002", tmp_path / "m.onnx")
+    quantize_int8(fp32, tmp_path / "m_int8.onnx", files, PREP, "all", method)
+    assert (tmp_path / "m_int8.onnx").stat().st_size > 0

@@ -217,7 +217,10 @@ class _CalibrationReader:
         from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
         self.pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size, device=device))
-        self.batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+        # Every batch the same size: the percentile calibrator stacks all batches into one array, so a
+        # short last batch failed (ragged shapes); it is filled from the start of the list instead.
+        padded = list(files) + list(files[: (-len(files)) % batch_size]) if len(files) > batch_size else list(files)
+        self.batches = [padded[i : i + batch_size] for i in range(0, len(padded), batch_size)]
         self.input_name = input_name
 
     def get_next(self):

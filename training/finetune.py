@@ -11,6 +11,7 @@ and what it may have lost.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,6 +31,7 @@ class FinetuneConfig:
     lr: float = 3e-4  # a fraction of training's 2e-3: adapt, do not forget
     batch_size: int = 16
     val_fraction: float = 0.5  # of the lab's crops, never trained on: the lab's own score
+    replay_per_class: int = 25  # base training crops per class mixed in (training/replay.py); 0: none
     seed: int = 0
     name: str | None = None
 
@@ -59,14 +61,37 @@ def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_ma
     return view
 
 
-def finetune_config(cfg: FinetuneConfig, base: dict, taxonomy: str, data_view: Path) -> TrainConfig:
+def base_split(checkpoint: Path) -> Path:
+    """The base run's ``split.json``: ``RUN/checkpoints/last.pt`` -> ``RUN/split.json``."""
+    return Path(checkpoint).resolve().parents[1] / "split.json"
+
+
+def _replay_file(cfg: FinetuneConfig, base: dict, classes: tuple[str, ...], log: Callable[[str], None]) -> Path | None:
+    """``RUN/replay.json``: the base run's training crops to mix in, or None (said in the log: the
+    fine-tune then risks forgetting the classes the lab did not label)."""
+    from bmengine.training.replay import select_replay, write_replay
+
+    if cfg.replay_per_class <= 0:
+        return None
+    try:
+        replay = select_replay(base_split(cfg.checkpoint), Path(base["data_dir"]), classes, cfg.replay_per_class,
+                               cfg.seed)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        log(f"warning: no replay ({err}); the fine-tuned model may forget classes the lab did not label")
+        return None
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    return write_replay(replay, classes, Path(cfg.run_dir) / "replay.json")
+
+
+def finetune_config(cfg: FinetuneConfig, base: dict, taxonomy: str, data_view: Path,
+                    replay: Path | None = None) -> TrainConfig:
     """The base run's recipe (architecture, sizes, normalisation, augmentation), a fine-tuning budget."""
     known = {f.name for f in fields(TrainConfig)}
     recipe = {k: v for k, v in base.items() if k in known}
     recipe.update(data_dir=str(data_view), run_dir=str(cfg.run_dir), taxonomy=taxonomy, epochs=cfg.epochs,
                   lr=cfg.lr, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                   warmup_epochs=0.0, init_from=str(cfg.checkpoint), balance_to=None, limit_per_class=None,
-                  max_steps_per_epoch=None, cache_dir=None)
+                  max_steps_per_epoch=None, cache_dir=None, replay_from=str(replay) if replay else None)
     for key in ("mean", "std", "hue_range"):
         if isinstance(recipe.get(key), list):
             recipe[key] = tuple(recipe[key])
@@ -82,7 +107,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict[st
     classes = tuple(state["classes"])
     label_map = LabelMap.load(cfg.label_map, classes) if cfg.label_map else LabelMap()
     view = labelled_view(cfg.data_dir, Path(cfg.run_dir) / "lab-data", classes, label_map)
-    tcfg = finetune_config(cfg, state["config"], state["taxonomy"], view)
+    replay = _replay_file(cfg, state["config"], classes, log)
+    tcfg = finetune_config(cfg, state["config"], state["taxonomy"], view, replay)
     summary = train(tcfg, resume=True, log=log)
     log(f"fine-tuned: best lab-validation macro-F1 {summary['best_macro_f1']:.4f}")
     out = Path(cfg.run_dir) / "export" / f"{cfg.name or Path(cfg.run_dir).name}.onnx"
@@ -90,6 +116,15 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = print) -> dict[st
     for path in paths.values():
         _record_base(path, state, cfg, log)
     return paths
+
+
+def _replay_record(path: Path) -> dict | None:
+    """How many base crops of each class were replayed, and from which split (None: no replay)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    counts = {c: record["classes"].count(c) for c in sorted(set(record["classes"]))}
+    return {"from": record["source"], "per_class": counts, "n": len(record["files"])}
 
 
 def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: Callable[[str], None]) -> None:
@@ -103,7 +138,14 @@ def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: C
     base = base_state["config"]
     card.training["finetuned_from"] = {"checkpoint": str(cfg.checkpoint), "sha256": sha256_of(cfg.checkpoint),
                                        "lab_data": str(cfg.data_dir),
-                                       "label_map": str(cfg.label_map) if cfg.label_map else None}
+                                       "label_map": str(cfg.label_map) if cfg.label_map else None,
+                                       "replay": _replay_record(Path(cfg.run_dir) / "replay.json")}
+    start = Path(cfg.run_dir) / "start.json"
+    if start.is_file():  # the base weights on the same held-out lab crops (trainer, before the first step)
+        before = json.loads(start.read_text())
+        card.metrics["validation_before_finetune"] = {"accuracy": before["val_accuracy"],
+                                                      "macro_f1": before["val_macro_f1"],
+                                                      "scored_by": "trainer (PyTorch, fp32) on the same held-out crops"}
     data_dir = Path(base.get("data_dir", ""))
     if data_dir.is_dir():
         data = _limit(ImageFolder.scan(data_dir, tuple(card.classes)), base.get("limit_per_class"), int(base["seed"]))

@@ -27,6 +27,7 @@ from bmengine.training.image_cache import cached_images
 from bmengine.training.losses import LossSpec, create_loss
 from bmengine.training.metrics import classification_report
 from bmengine.training.models import ModelSpec, create_model
+from bmengine.training.replay import read_replay, with_replay
 from bmengine.training.sampler import SAMPLERS
 
 
@@ -64,6 +65,7 @@ class TrainConfig:
     limit_per_class: int | None = None  # tests and smoke runs
     cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning); same classes and architecture
+    replay_from: str | None = None  # replay.json (training/replay.py): base-run crops mixed into training (fine-tuning)
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
     augment: str = "basic"  # augmentation preset (training/augment.py PRESETS); "cross-lab" for stain/scale/camera shift
     augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
@@ -165,9 +167,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     classes = get_taxonomy(taxonomy).classes  # label order is the taxonomy's, not the folders'
     dataset = _limit(ImageFolder.scan(Path(cfg.data_dir), classes), cfg.limit_per_class, cfg.seed)
     train_idx, val_idx = stratified_split(dataset.labels, cfg.val_fraction, cfg.seed)
+    if cfg.replay_from:
+        replay = read_replay(Path(cfg.replay_from), classes)
+        n_own = len(train_idx)
+        dataset, train_idx = with_replay(dataset, train_idx, replay)
+        log(f"replay: {len(replay.files)} crops of the base run's training split ({replay.source}) mixed in; "
+            f"the {n_own} own training crops repeated to {len(train_idx) - len(replay.files)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "split.json").write_text(json.dumps({
-        "train": [str(dataset.files[i]) for i in train_idx],
+        "train": list(dict.fromkeys(str(dataset.files[i]) for i in train_idx)),  # once each, however often sampled
         "val": [str(dataset.files[i]) for i in val_idx],
     }))
     log(f"{len(dataset)} images, {len(classes)} classes ({taxonomy}); train {len(train_idx)}, val {len(val_idx)}")
@@ -193,6 +201,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if cfg.init_from and not (resume and last.is_file()):  # a resumed fine-tune continues its own weights
         model.load_state_dict(load_checkpoint(Path(cfg.init_from))["model"])
         log(f"starting from the weights of {cfg.init_from}")
+        start_report = classification_report(dataset.labels[val_idx], predict(model, images[val_idx], cfg),
+                                             list(classes), taxonomy=get_taxonomy(taxonomy))
+        start = {"val_accuracy": start_report["accuracy"], "val_macro_f1": start_report["macro_f1"]}
+        (run_dir / "start.json").write_text(json.dumps({**start, "validation": _plain(start_report)}, indent=2))
+        log(f"before training: val acc {start['val_accuracy']:.4f} macro-F1 {start['val_macro_f1']:.4f}")
     if resume and last.is_file():
         state = load_checkpoint(last, require=RESUME_KEYS)
         model.load_state_dict(state["model"])

@@ -19,6 +19,9 @@ def finetune(
     lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (a fraction of training's).")] = 3e-4,
     val_fraction: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of the lab's crops held out "
                                                 "for scoring (stratified), never trained on.")] = 0.5,
+    replay: Annotated[int, typer.Option(min=0, help="Crops per class of the base run's training split mixed "
+                                        "into fine-tuning, so classes the lab did not label are not forgotten "
+                                        "(0: none; skipped with a warning when those crops are not on this machine).")] = 25,
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
 ) -> None:
@@ -34,7 +37,8 @@ def finetune(
                    err=True)
         raise typer.Exit(2)
     cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
-                         val_fraction=val_fraction, seed=seed, name=name)
+                         val_fraction=val_fraction, seed=seed, name=name,
+                         replay_per_class=replay)
     try:
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))
     except (UnsafeCheckpointError, LabelMapError, ValueError, FileNotFoundError) as err:

@@ -137,7 +137,9 @@ def test_exported_models_have_the_ood_output_and_card_records(trained_run):
         card = load_card(path)
         outputs = [o.name for o in onnx.load(str(path)).graph.output]
         assert outputs == ["logits", "ood_score"], path.name
-        assert card.ood["output"] == "ood_score" and card.ood["score"] == "mahalanobis-tied"
+        assert card.ood["output"] == "ood_score" and card.ood["score"] == "mahalanobis+energy"
+        assert card.ood["standardise"]["feature_std"] > 0 and card.ood["standardise"]["energy_std"] > 0
+        assert card.ood["standardise"]["fitted_on"].startswith("validation split")
         assert card.ood["false_flag_rate"] == 0.05 and np.isfinite(card.ood["threshold"])
         assert card.ood["feature_dim"] > 0 and "training-split" in card.ood["fitted_on"]
         assert card.calibration["temperature"] > 0 and "validation split" in card.calibration["fitted_on"]
@@ -224,11 +226,51 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
     assert card.ood["threshold"] != load_card(trained_run.with_name("tiny.onnx")).ood["threshold"]
 
 
+def test_backend_score_is_the_standardised_sum_of_the_graph_distance_and_the_energy(trained_run, tmp_path):
+    """What the threshold applies to, recomputed by hand from the runtime's raw outputs and the
+    card's constants; a card without them gets the graph's distance alone."""
+    from bmengine.engine.backends import load_backend
+
+    card = load_card(trained_run)
+    parts = card.ood["standardise"]
+    batch = _decode(card, [f for cls in CLASSES for f in pbc_files(cls, 2)])
+    backend = load_backend(trained_run)
+    logits, distance = backend.forward(batch)
+    x = logits.astype(np.float64)
+    energy = -(x.max(1) + np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)))
+    expected = ((distance - parts["feature_mean"]) / parts["feature_std"]
+                + (energy - parts["energy_mean"]) / parts["energy_std"])
+    got = backend.infer(batch).ood_score
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.corrcoef(got, distance)[0, 1] < 0.9999  # the energy part moves it
+    plain = {k: v for k, v in card.ood.items() if k != "standardise"}
+    distance_only = _copy_bundle(trained_run, tmp_path, ood={**plain, "score": "mahalanobis-tied"})
+    assert np.allclose(load_backend(distance_only).infer(batch).ood_score, distance)
+
+
+def test_standardiser_centres_each_part_on_the_data_it_was_fitted_on():
+    from bmengine.engine.backends.ood_score import Standardiser, energy
+
+    rng = np.random.default_rng(0)
+    distance = rng.gamma(4.0, 20.0, size=500)
+    logits = rng.normal(size=(500, 8)) * rng.uniform(1, 6, size=(500, 1))
+    s = Standardiser.fit(distance, logits)
+    combined = s.combine(distance, logits)
+    assert abs(combined.mean()) < 1e-4
+    e = (energy(logits) - s.energy_mean) / s.energy_std
+    f = (distance - s.feature_mean) / s.feature_std
+    assert np.allclose(combined, f + e, atol=1e-5)
+    assert Standardiser.from_record({**s.as_record(), "fitted_on": "x"}).combine(distance, logits) == \
+        pytest.approx(combined, abs=1e-4)
+    flat, peaked = np.zeros((1, 8)), np.eye(8)[:1] * 20  # flatter logits: higher energy, higher score
+    assert s.combine(np.array([50.0]), flat)[0] > s.combine(np.array([50.0]), peaked)[0]
+
+
 # -- the engine -----------------------------------------------------------------------------------
 
 def test_engine_flags_unknown_above_the_threshold_and_writes_ood_score(trained_run, tmp_path):
     card = json.loads(card_path_for(trained_run).read_text())
-    low = _copy_bundle(trained_run, tmp_path / "low", ood={**card["ood"], "threshold": -1.0})
+    low = _copy_bundle(trained_run, tmp_path / "low", ood={**card["ood"], "threshold": -1e30})  # scores may be < 0
     cells = _run_engine(low, tmp_path / "run-low")
     assert cells["ood_score"].dtype == np.float32 and np.isfinite(cells["ood_score"]).all()
     assert all("unknown" in flags.split(";") for flags in cells["qc_flags"])
@@ -361,6 +403,10 @@ def test_card_refuses_a_temperature_that_is_not_a_positive_number(tiny_model, te
     ({"threshold": float("nan")}, "ood.threshold"), ({"threshold": None}, "ood.threshold"),
     ({"false_flag_rate": 0}, "ood.false_flag_rate"), ({"false_flag_rate": 0.6}, "ood.false_flag_rate"),
     ({"output": ""}, "ood.output"),
+    ({"standardise": {"feature_mean": 1.0, "feature_std": 0.0, "energy_mean": -3.0, "energy_std": 1.0}},
+     "ood.standardise"),
+    ({"standardise": {"feature_mean": 1.0, "feature_std": 2.0, "energy_mean": -3.0}}, "ood.standardise"),
+    ({"standardise": [1, 2, 3, 4]}, "ood.standardise"),
 ])
 def test_card_refuses_a_bad_ood_record(tiny_model, change, field):
     data = json.loads(card_path_for(tiny_model).read_text())

@@ -12,7 +12,8 @@ Open set and calibration (issue 10): the fp32 graph gets a second output, ``ood_
 Mahalanobis distance on the penultimate features, fitted on the training split: training/ood.py),
 which int8 quantisation leaves in fp32; per model, the OOD threshold and the softmax temperature
 (training/calibrate.py) are fitted on the validation split and written to the card (``ood``,
-``calibration``).
+``calibration``). By default the threshold applies to that distance plus the logits' energy, each
+standardised on the same validation scores (``--ood-score``, engine/backends/ood_score.py).
 
 fp16 (``--fp16``, issue 13): ``<stem>_fp16.onnx``, the fp32 graph converted by training/fp16.py
 (float32 IO, Softmax/LayerNorm/OOD head in fp32), for fp16 TensorRT plans; scored, calibrated and
@@ -45,6 +46,10 @@ from bmengine.engine.model.card import ModelCard, Preprocessing, sha256_of, writ
 from bmengine.training.trainer import command_line
 
 
+#: OOD scores a card's threshold may apply to (``--ood-score``)
+OOD_SCORES = ("mahalanobis+energy", "mahalanobis-tied")
+
+
 @dataclass
 class ExportConfig:
     checkpoint: Path
@@ -61,6 +66,9 @@ class ExportConfig:
     ood: bool = True  # a second output, ood_score (Mahalanobis, training/ood.py), and the card's ood record
     false_flag_rate: float = 0.05  # share of validation crops above the OOD threshold
     ood_fit_images: int = 0  # training crops the class means/covariance are fitted on (0: all of them)
+    # what the threshold applies to: the graph's Mahalanobis output alone, or its standardised sum
+    # with the logits' energy (engine/backends/ood_score.py; better on unseen classes of the same lab)
+    ood_score: str = "mahalanobis+energy"
     calibrate: bool = True  # temperature scaling fitted on the validation split (training/calibrate.py)
     fp16: bool = False  # also write <stem>_fp16.onnx (training/fp16.py), for fp16 TensorRT plans
     decode_device: str = "auto"  # decoder of the calibration/OOD-fit crops: auto, cpu or gpu (module docstring)
@@ -71,6 +79,8 @@ class ExportConfig:
             raise ValueError(f"--decode-device {self.decode_device!r}: choose one of {', '.join(DECODE_DEVICES)}")
         if self.int8_calibration not in CALIBRATION_METHODS:
             raise ValueError(f"--int8-calibration {self.int8_calibration!r}: choose one of {sorted(CALIBRATION_METHODS)}")
+        if self.ood_score not in OOD_SCORES:
+            raise ValueError(f"--ood-score {self.ood_score!r}: choose one of {', '.join(OOD_SCORES)}")
         if not 0 < self.false_flag_rate <= 0.5:
             raise ValueError(f"--false-flag-rate must be in (0, 0.5], not {self.false_flag_rate}")
 
@@ -336,6 +346,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     "fp16": path} for those written."""
     from bmengine.engine.backends import BackendOptions
     from bmengine.engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from bmengine.engine.backends.ood_score import COMBINED_SCORE, Standardiser
     from bmengine.engine.evaluate import score_files
     from bmengine.engine.metrics import classification_report
     from bmengine.engine.taxonomy import get_taxonomy
@@ -408,9 +419,14 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
             log(f"{precision}: temperature {card.calibration['temperature']:.3f}: ECE "
                 f"{card.calibration['ece_before']:.4f} -> {card.calibration['ece_after']:.4f}")
         if ood_record:
+            record = dict(ood_record)
+            if cfg.ood_score == COMBINED_SCORE:  # standardised on this precision's own validation scores
+                standardiser = Standardiser.fit(scores, logits)
+                scores = standardiser.combine(scores, logits)
+                record.update(score=COMBINED_SCORE, standardise={**standardiser.as_record(), "fitted_on": fitted_on})
             threshold = threshold_at(scores, cfg.false_flag_rate)
-            card.ood = {"score": ood_record["score"], "output": ood_record["output"], "threshold": threshold,
-                        **ood_record, "validation_flagged": round(float(np.mean(scores > threshold)), 5),
+            card.ood = {"score": record["score"], "output": record["output"], "threshold": threshold,
+                        **record, "validation_flagged": round(float(np.mean(scores > threshold)), 5),
                         "threshold_fitted_on": fitted_on}
             log(f"{precision}: OOD threshold {threshold:.2f} ({card.ood['validation_flagged']:.1%} of validation "
                 "crops above it)")

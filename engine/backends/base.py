@@ -4,9 +4,10 @@ A backend takes a preprocessed batch (NCHW float32, on the device it declares) a
 class probabilities, and the model's out-of-distribution score where it has one, on the host.
 Everything around it — reading, decoding, writing — is shared.
 
-Each runtime implements only :meth:`Backend.forward` (raw logits + OOD score); the base class turns
-logits into probabilities with the card's temperature, softmax(logits / T), so no backend can
-forget the calibration.
+Each runtime implements only :meth:`Backend.forward` (raw logits + the graph's OOD output); the
+base class turns logits into probabilities with the card's temperature, softmax(logits / T), and
+the OOD output into the score the card's threshold applies to (backends/ood_score.py), so no
+backend can forget either.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, Literal, NamedTuple
 
 import numpy as np
 
+from bmengine.engine.backends.ood_score import score_for_card
 from bmengine.engine.model.card import ModelCard, ModelCardError
 
 
@@ -82,7 +84,7 @@ class Backend(ABC):
         """Class probabilities (N, C) float32 on the host, calibrated with the card's temperature,
         and the OOD score (N,) or None. Runtimes implement :meth:`forward`, never this."""
         logits, ood = self.forward(batch)
-        return Inference(softmax(logits, self.card.temperature), ood)
+        return Inference(softmax(logits, self.card.temperature), score_for_card(self.card.ood, ood, logits))
 
     def stage(self, batch):
         """Take ownership of a freshly decoded batch, in the decode thread, before DALI's next run

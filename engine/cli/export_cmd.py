@@ -25,6 +25,10 @@ def export(
         help="Add the out-of-distribution score (a second output, ood_score) and its threshold to the card.")] = True,
     false_flag_rate: Annotated[float, typer.Option(
         help="Share of validation crops above the OOD threshold (0-0.5].")] = 0.05,
+    ood_score: Annotated[str, typer.Option(
+        help="What the OOD threshold applies to: mahalanobis+energy (the feature distance plus the logits' "
+             "energy, each standardised on the validation split) or mahalanobis-tied (the distance alone).")]
+        = "mahalanobis+energy",
     calibrate: Annotated[bool, typer.Option(
         help="Fit temperature scaling on the validation split and record it in the card.")] = True,
     fp16: Annotated[bool, typer.Option(
@@ -43,8 +47,8 @@ def export(
     try:
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
                            name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
-                           false_flag_rate=false_flag_rate, calibrate=calibrate, fp16=fp16,
-                           decode_device=decode_device)
+                           false_flag_rate=false_flag_rate, ood_score=ood_score, calibrate=calibrate,
+                           fp16=fp16, decode_device=decode_device)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

@@ -158,6 +158,13 @@ class ModelCard:
             rate = ood.get("false_flag_rate")
             if not (_numbers([rate], 1) and 0 < rate <= 0.5):
                 raise _bad(source, "ood.false_flag_rate", "a number in (0, 0.5]", rate)
+            if "standardise" in ood:  # the score is a standardised sum (engine/backends/ood_score.py)
+                parts = ood["standardise"]
+                keys = ("feature_mean", "feature_std", "energy_mean", "energy_std")
+                values = [parts.get(k) for k in keys] if isinstance(parts, dict) else [None]
+                if not (_numbers(values, 4) and values[1] > 0 and values[3] > 0):
+                    raise _bad(source, "ood.standardise", "finite " + ", ".join(keys) + " (standard deviations "
+                               "above 0)", parts)
 
 
 #: optional card records, absent from cards written before them

@@ -70,12 +70,17 @@ def _scores(path: Path, files: list[str]) -> dict:
     return {"logits": logits.astype(np.float64), "ood": ood.astype(np.float64)}
 
 
+#: scores compared: the one the card's threshold applies to, the graph's distance, two logit scores
+SCORES = ("card_score", "mahalanobis", "energy", "max_softmax")
+
+
 def _labels(files: list[str], classes: list[str]) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     return np.asarray([index[Path(f).parent.name] for f in files])
 
 
 def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed: int = 0) -> dict:
+    from bmengine.engine.backends.ood_score import score_for_card
     from bmengine.engine.metrics import expected_calibration_error
     from bmengine.engine.model.card import load_card
     from bmengine.training import ood
@@ -108,23 +113,24 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
         threshold = float(c.ood["threshold"])
         sets = {"val": val, "unknown": unknown, "unused": spare}
         got = {name: _scores(path, files) for name, files in sets.items()}
-        scores = {name: {"mahalanobis": g["ood"], "energy": ood.energy_score(g["logits"]),
+        scores = {name: {"card_score": score_for_card(c.ood, g["ood"], g["logits"]).astype(np.float64),
+                         "mahalanobis": g["ood"], "energy": ood.energy_score(g["logits"]),
                          "max_softmax": ood.max_softmax_score(g["logits"])} for name, g in got.items()}
         row: dict = {"card_ood": c.ood, "card_calibration": c.calibration, "auroc": {}, "auroc_vs_unused": {},
                      "flagged_at_card_threshold": {}, "detected_at_5pct_val_false_flags": {}}
-        for score in ("mahalanobis", "energy", "max_softmax"):
+        for score in SCORES:
             row["auroc"][score] = round(ood.auroc(scores["unknown"][score], scores["val"][score]), 4)
             row["auroc_vs_unused"][score] = round(ood.auroc(scores["unknown"][score], scores["unused"][score]), 4)
             cut = ood.threshold_at(scores["val"][score], c.ood["false_flag_rate"])
             row["detected_at_5pct_val_false_flags"][score] = {
                 name: round(float(np.mean(scores[name][score] > cut)), 4) for name in sets}
-        row["flagged_at_card_threshold"] = {name: round(float(np.mean(got[name]["ood"] > threshold)), 4)
+        row["flagged_at_card_threshold"] = {name: round(float(np.mean(scores[name]["card_score"] > threshold)), 4)
                                             for name in sets}
         # the same threshold fitted on one half of the validation split, measured on the other (2 folds)
         order = np.random.default_rng(seed).permutation(len(val))
         halves = np.array_split(order, 2)
-        cross = [float(np.mean(scores["val"]["mahalanobis"][b] >
-                               ood.threshold_at(scores["val"]["mahalanobis"][a], c.ood["false_flag_rate"])))
+        cross = [float(np.mean(scores["val"]["card_score"][b] >
+                               ood.threshold_at(scores["val"]["card_score"][a], c.ood["false_flag_rate"])))
                  for a, b in (halves, halves[::-1])]
         row["val_flagged_cross_fitted"] = round(float(np.mean(cross)), 4)
         # calibration, on the validation split (where T was fitted) and on the unused known crops
@@ -139,7 +145,8 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
         row["unknown_predicted_as"] = {classes[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}
         row["unknown_mean_confidence"] = round(float(softmax_t(got["unknown"]["logits"], t).max(1).mean()), 4)
         result["models"][precision] = row
-        print(f"{held_out} {precision}: AUROC maha {row['auroc']['mahalanobis']:.4f} energy "
+        print(f"{held_out} {precision}: AUROC card score ({c.ood['score']}) {row['auroc']['card_score']:.4f}, "
+              f"maha {row['auroc']['mahalanobis']:.4f} energy "
               f"{row['auroc']['energy']:.4f} msp {row['auroc']['max_softmax']:.4f}; flagged "
               f"{row['flagged_at_card_threshold']}", flush=True)
     ood32 = _scores(fp32, val[:256])["ood"]
@@ -233,19 +240,22 @@ def report(paths: list[Path], out: Path, commands: str = "", notes: str = "") ->
         lines += [f"## Held-out class AUROC ({precision})", "",
                   "unknown = every PBC crop of the held-out class; known = the run's validation split "
                   "(trained classes). Higher is better; 0.5 = chance.", "",
-                  "| held-out class | Mahalanobis (ood_score) | energy | max softmax | unknown flagged at threshold "
-                  "| val flagged (in-sample / cross-fitted) | unused known crops flagged | val accuracy |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| held-out class | card's score (ood_score column) | Mahalanobis (graph output) | energy | max softmax "
+                  "| unknown flagged at threshold | val flagged (in-sample / cross-fitted) | unused known crops flagged "
+                  "| val accuracy |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in held:
             m = r["models"][precision]
             f = m["flagged_at_card_threshold"]
-            lines.append(f"| {r['held_out']} | {m['auroc']['mahalanobis']:.4f} | {m['auroc']['energy']:.4f} | "
+            card_score = m["auroc"].get("card_score", m["auroc"]["mahalanobis"])  # older records: the graph's
+            lines.append(f"| {r['held_out']} | {card_score:.4f} ({m['card_ood']['score']}) | "
+                         f"{m['auroc']['mahalanobis']:.4f} | {m['auroc']['energy']:.4f} | "
                          f"{m['auroc']['max_softmax']:.4f} | {f['unknown']:.1%} | {f['val']:.1%} / "
                          f"{m['val_flagged_cross_fitted']:.1%} | {f['unused']:.1%} | {m['ece_val']['accuracy']:.4f} |")
         if held:
-            mean = {s: np.mean([r["models"][precision]["auroc"][s] for r in held])
-                    for s in ("mahalanobis", "energy", "max_softmax")}
-            lines.append(f"| **mean** | **{mean['mahalanobis']:.4f}** | {mean['energy']:.4f} | "
+            mean = {s: np.mean([r["models"][precision]["auroc"].get(s, r["models"][precision]["auroc"]["mahalanobis"])
+                                for r in held]) for s in SCORES}
+            lines.append(f"| **mean** | **{mean['card_score']:.4f}** | {mean['mahalanobis']:.4f} | {mean['energy']:.4f} | "
                          f"{mean['max_softmax']:.4f} | | | | |")
         lines.append("")
     lines += ["## Calibration (temperature scaling)", "",

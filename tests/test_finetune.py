@@ -100,3 +100,16 @@ def test_with_replay_keeps_validation_and_gives_the_lab_half_of_training():
     assert set(own) == set(train_idx) and len(own) >= len(replay.files)
     assert [merged.files[i] for i in train[train >= 10]] == list(replay.files)
     assert not set(train) & set(val_idx)
+
+
+def test_train_limit_keeps_at_most_n_training_crops_per_class_and_never_touches_validation():
+    from bmengine.engine.dataset import stratified_split
+    from bmengine.training.trainer import _limit_indices
+
+    labels = np.array([0] * 30 + [1] * 7 + [2] * 2)
+    train, val = stratified_split(labels, 0.5, seed=0)
+    kept = _limit_indices(train, labels, 5, seed=0)
+    assert set(kept) <= set(train) and not set(kept) & set(val)
+    assert np.bincount(labels[kept]).tolist() == [5, min(5, int((labels[train] == 1).sum())), 1]
+    assert (kept == _limit_indices(train, labels, 5, seed=0)).all()
+    assert not (kept == _limit_indices(train, labels, 5, seed=1)).all()

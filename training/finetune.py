@@ -32,6 +32,7 @@ class FinetuneConfig:
     batch_size: int = 16
     val_fraction: float = 0.5  # of the lab's crops, never trained on: the lab's own score
     replay_per_class: int = 25  # base training crops per class mixed in (training/replay.py); 0: none
+    train_per_class: int | None = None  # train on at most this many of the lab's crops per class (learning curves)
     seed: int = 0
     name: str | None = None
 
@@ -91,7 +92,8 @@ def finetune_config(cfg: FinetuneConfig, base: dict, taxonomy: str, data_view: P
     recipe.update(data_dir=str(data_view), run_dir=str(cfg.run_dir), taxonomy=taxonomy, epochs=cfg.epochs,
                   lr=cfg.lr, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                   warmup_epochs=0.0, init_from=str(cfg.checkpoint), balance_to=None, limit_per_class=None,
-                  max_steps_per_epoch=None, cache_dir=None, replay_from=str(replay) if replay else None)
+                  max_steps_per_epoch=None, cache_dir=None, replay_from=str(replay) if replay else None,
+                  train_limit_per_class=cfg.train_per_class)
     for key in ("mean", "std", "hue_range"):
         if isinstance(recipe.get(key), list):
             recipe[key] = tuple(recipe[key])

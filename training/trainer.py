@@ -66,6 +66,7 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-image cache; default RUN_DIR/cache (ablations share one)
     init_from: str | None = None  # start from this checkpoint's weights (fine-tuning); same classes and architecture
     replay_from: str | None = None  # replay.json (training/replay.py): base-run crops mixed into training (fine-tuning)
+    train_limit_per_class: int | None = None  # at most this many training crops per class, after the split (validation unchanged)
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
     augment: str = "basic"  # augmentation preset (training/augment.py PRESETS); "cross-lab" for stain/scale/camera shift
     augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
@@ -105,6 +106,13 @@ def _limit(dataset: ImageFolder, per_class: int | None, seed: int) -> ImageFolde
     keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
                                    for c in np.unique(dataset.labels)]))
     return ImageFolder(dataset.root, dataset.classes, tuple(dataset.files[i] for i in keep), dataset.labels[keep])
+
+
+def _limit_indices(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """At most ``per_class`` of ``indices`` per label, drawn with ``seed``; sorted."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(indices[labels[indices] == c])[:per_class] for c in np.unique(labels[indices])]
+    return np.sort(np.concatenate(keep))
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -167,6 +175,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     classes = get_taxonomy(taxonomy).classes  # label order is the taxonomy's, not the folders'
     dataset = _limit(ImageFolder.scan(Path(cfg.data_dir), classes), cfg.limit_per_class, cfg.seed)
     train_idx, val_idx = stratified_split(dataset.labels, cfg.val_fraction, cfg.seed)
+    if cfg.train_limit_per_class is not None:
+        train_idx = _limit_indices(train_idx, dataset.labels, cfg.train_limit_per_class, cfg.seed)
     if cfg.replay_from:
         replay = read_replay(Path(cfg.replay_from), classes)
         n_own = len(train_idx)

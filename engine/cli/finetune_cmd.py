@@ -22,6 +22,9 @@ def finetune(
     replay: Annotated[int, typer.Option(min=0, help="Crops per class of the base run's training split mixed "
                                         "into fine-tuning, so classes the lab did not label are not forgotten "
                                         "(0: none; skipped with a warning when those crops are not on this machine).")] = 25,
+    train_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most this many of the lab's "
+                                                          "crops per class (the held-out half is unchanged): how "
+                                                          "many labels does a lab need?")] = None,
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
 ) -> None:
@@ -38,7 +41,7 @@ def finetune(
         raise typer.Exit(2)
     cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
                          val_fraction=val_fraction, seed=seed, name=name,
-                         replay_per_class=replay)
+                         replay_per_class=replay, train_per_class=train_per_class)
     try:
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))
     except (UnsafeCheckpointError, LabelMapError, ValueError, FileNotFoundError) as err:

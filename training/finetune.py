@@ -72,13 +72,16 @@ def _replay_file(cfg: FinetuneConfig, base: dict, classes: tuple[str, ...], log:
     fine-tune then risks forgetting the classes the lab did not label)."""
     from bmengine.training.replay import select_replay, write_replay
 
+    stale = Path(cfg.run_dir) / "replay.json"
     if cfg.replay_per_class <= 0:
+        stale.unlink(missing_ok=True)  # an earlier run in this folder must not be reported as this one's replay
         return None
     try:
         replay = select_replay(base_split(cfg.checkpoint), Path(base["data_dir"]), classes, cfg.replay_per_class,
                                cfg.seed)
     except (FileNotFoundError, KeyError, ValueError) as err:
         log(f"warning: no replay ({err}); the fine-tuned model may forget classes the lab did not label")
+        stale.unlink(missing_ok=True)
         return None
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     return write_replay(replay, classes, Path(cfg.run_dir) / "replay.json")

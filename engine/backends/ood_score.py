@@ -3,7 +3,7 @@
 A model's graph computes one OOD output: the Mahalanobis distance of its penultimate features to
 the nearest training class (training/ood.py). That distance is what notices another lab's slides
 (with the shipped default it flagged 43 of 44 Matek marrow crops, 62% of cellavision_blog and 92%
-of tecom, where the energy alone flags none of the Matek crops), but within the
+of tecom; on a held-out-class proxy the energy alone flagged none of the Matek crops), but within the
 training lab an unseen class sits close to a seen one in feature space: on the held-out-class
 runs its AUROC is 0.80, below the logits' energy score (0.86). The two fail on different crops,
 so a card may ask for their sum, each standardised on the model's own validation split:

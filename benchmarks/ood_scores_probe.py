@@ -14,6 +14,8 @@ of unknown vs known for each candidate score:
   split, then their maximum / sum (one threshold for both).
 
     python benchmarks/ood_scores_probe.py /tmp/openset/run-no-basophil:basophil /tmp/openset/run-no-ig:ig ...
+
+Decoded images are cached under /tmp/ood_probe_cache (the trainer's image cache, keyed by file list).
 """
 
 from __future__ import annotations

@@ -19,15 +19,11 @@ A probe, not a product feature: if it helps, the view belongs in the shared DALI
 from __future__ import annotations
 
 import argparse
-import csv
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from crop_copies import DATA, copy_transformed
 
 
 def gray(rgb: np.ndarray) -> np.ndarray:
@@ -45,15 +41,6 @@ def gray_stretch(rgb: np.ndarray) -> np.ndarray:
 VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"gray": gray, "gray-stretch": gray_stretch}
 
 
-def _one(job: tuple[str, str, str]) -> str | None:
-    source, target, view = job
-    try:
-        Image.fromarray(VIEWS[view](np.asarray(Image.open(source).convert("RGB")))).save(target)
-        return None
-    except Exception as exc:  # a probe: name the file and go on
-        return f"{source}: {exc}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -61,24 +48,7 @@ def main() -> None:
     parser.add_argument("--view", choices=sorted(VIEWS), default="gray-stretch")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    jobs = []
-    for subset in ("pbc", "wbc_zheng"):
-        for source in sorted((args.data / subset).rglob("*")):
-            if source.suffix.lower() in (".jpg", ".png") and "_masks" not in source.parts:
-                target = (args.out / source.relative_to(args.data)).with_suffix(".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                jobs.append((str(source), str(target), args.view))
-    with ProcessPoolExecutor(args.workers) as pool:
-        problems = [p for p in pool.map(_one, jobs, chunksize=64) if p]
-    rows = list(csv.DictReader(open(args.data / "wbc_zheng" / "manifest.csv")))
-    with open(args.out / "wbc_zheng" / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "file": str(Path(row["file"]).with_suffix(".png"))})
-    print(f"{len(jobs)} crops turned {args.view} into {args.out}; {len(problems)} problems")
-    for problem in problems[:10]:
-        print(" ", problem)
+    copy_transformed(args.data, args.out, ("pbc", "wbc_zheng"), VIEWS[args.view], workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -21,29 +21,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from crop_copies import DATA, copy_transformed
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-
-def central(image: Image.Image, fraction: float) -> Image.Image:
+def central(rgb: np.ndarray, fraction: float) -> np.ndarray:
     """The central square of side ``fraction`` x the shorter side."""
-    width, height = image.size
+    height, width = rgb.shape[:2]
     side = round(min(width, height) * fraction)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
-def _one(job: tuple[str, str, float]) -> str | None:
-    source, target, fraction = job
-    try:
-        central(Image.open(source).convert("RGB"), fraction).save(target, quality=95)
-        return None
-    except Exception as exc:  # a probe: name the file and go on
-        return f"{source}: {exc}"
+    return rgb[top : top + side, left : left + side]
 
 
 def main() -> None:
@@ -53,19 +43,11 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.5, help="side of the kept centre / side of the crop")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    jobs = []
-    for source in sorted((args.data / "pbc").rglob("*.jpg")):
-        target = args.out / source.relative_to(args.data)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        jobs.append((str(source), str(target), args.fraction))
+    copy_transformed(args.data, args.out, ("pbc",), partial(central, fraction=args.fraction), suffix=None,
+                     save_options={"quality": 95}, workers=args.workers)
     shutil.copy(args.data / "pbc" / "manifest.csv", args.out / "pbc" / "manifest.csv")
     if not (args.out / "wbc_zheng").exists():
         (args.out / "wbc_zheng").symlink_to(args.data / "wbc_zheng")
-    with ProcessPoolExecutor(args.workers) as pool:
-        problems = [p for p in pool.map(_one, jobs, chunksize=64) if p]
-    print(f"{len(jobs)} PBC crops cut to their central {args.fraction:.2f} into {args.out}; {len(problems)} problems")
-    for problem in problems[:10]:
-        print(" ", problem)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,13 @@ A probe, not a product feature: if it helps, the re-framing belongs in the share
 from __future__ import annotations
 
 import argparse
-import csv
-from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from crop_copies import DATA, copy_transformed
 from PIL import Image
 from scipy import ndimage
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def nucleus_score(rgb: np.ndarray) -> np.ndarray:
@@ -91,16 +89,6 @@ def reframe(rgb: np.ndarray, factor: float, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(window).resize((size, size), Image.BICUBIC))
 
 
-def _one(job: tuple[str, str, float, int]) -> str | None:
-    source, target, factor, size = job
-    try:
-        rgb = np.asarray(Image.open(source).convert("RGB"))
-        Image.fromarray(reframe(rgb, factor, size)).save(target)
-        return None
-    except Exception as exc:  # a probe: name the file and go on
-        return f"{source}: {exc}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -109,24 +97,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    jobs = []
-    for subset in ("pbc", "wbc_zheng"):
-        for source in sorted((args.data / subset).rglob("*")):
-            if source.suffix.lower() in (".jpg", ".png") and "_masks" not in source.parts:
-                target = (args.out / source.relative_to(args.data)).with_suffix(".png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                jobs.append((str(source), str(target), args.factor, args.size))
-    with ProcessPoolExecutor(args.workers) as pool:
-        problems = [p for p in pool.map(_one, jobs, chunksize=64) if p]
-    rows = list(csv.DictReader(open(args.data / "wbc_zheng" / "manifest.csv")))
-    with open(args.out / "wbc_zheng" / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "file": str(Path(row["file"]).with_suffix(".png"))})
-    print(f"{len(jobs)} crops re-framed into {args.out}; {len(problems)} problems")
-    for problem in problems[:10]:
-        print(" ", problem)
+    copy_transformed(args.data, args.out, ("pbc", "wbc_zheng"), partial(reframe, factor=args.factor, size=args.size),
+                     workers=args.workers)
 
 
 if __name__ == "__main__":

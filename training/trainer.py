@@ -102,9 +102,7 @@ def resolve_taxonomy(classes: tuple[str, ...], name: str | None) -> str:
 def _limit(dataset: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:
     if per_class is None:
         return dataset
-    rng = np.random.default_rng(seed)
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(dataset.labels == c))[:per_class]
-                                   for c in np.unique(dataset.labels)]))
+    keep = _limit_indices(np.arange(len(dataset)), dataset.labels, per_class, seed)
     return ImageFolder(dataset.root, dataset.classes, tuple(dataset.files[i] for i in keep), dataset.labels[keep])
 
 

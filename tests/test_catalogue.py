@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch", reason="training needs the [train] extra")
 
 from bmengine.training.losses import LOSSES, LossSpec, create_loss  # noqa: E402
 from bmengine.training.losses.focal import effective_number_weights  # noqa: E402
-from bmengine.training.models import ATTENTION, ModelSpec, create_model  # noqa: E402
+from bmengine.engine.model.networks import ATTENTION, ModelSpec, create_model  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ATTENTION.names())
@@ -31,7 +31,7 @@ def test_simam_matches_its_closed_form():
 
 
 def test_eca_kernel_grows_with_channels():
-    from bmengine.training.models.attention.eca import eca_kernel_size
+    from bmengine.engine.model.networks.attention.eca import eca_kernel_size
 
     assert [eca_kernel_size(c) for c in (16, 64, 256, 1024)] == [3, 3, 5, 5]
 
@@ -125,7 +125,7 @@ def test_every_loss_trains_on_real_crops(loss_name, real_batch):
 BACKBONE_ATTENTION = {"regnetx_002": "eca", "resnet50": "se", "resnext50_32x4d": "cbam"}
 
 
-@pytest.mark.parametrize("backbone", [b for b in __import__("bmengine.training.models", fromlist=["BACKBONES"])
+@pytest.mark.parametrize("backbone", [b for b in __import__("bmengine.engine.model.networks", fromlist=["BACKBONES"])
                                       .BACKBONES.names() if b.startswith(("resnet", "resnext", "densenet",
                                                                           "mobilenet", "efficientnet", "swin",
                                                                           "coatnet", "multiscale")) or b == "regnetx_002"])
@@ -167,7 +167,7 @@ def test_coatnet_refuses_an_input_size_its_windows_cannot_tile():
 
 @pytest.mark.parametrize("backbone,slot", [("resnet50", "conv3"), ("regnetx_002", "conv2")])
 def test_attention_sits_in_every_block(backbone, slot):
-    from bmengine.training.models.attention.eca import EfficientChannelAttention
+    from bmengine.engine.model.networks.attention.eca import EfficientChannelAttention
 
     model = create_model(ModelSpec(backbone, "eca", 8))
     blocks = [m for m in model.modules() if hasattr(m, slot) and hasattr(m, "se")]
@@ -234,7 +234,7 @@ def test_gmmce_is_cross_entropy_when_every_negative_is_kept():
 
 
 def test_asae_peaks_are_the_top_k_local_maxima():
-    from bmengine.training.models.attention.asae import peak_mask
+    from bmengine.engine.model.networks.attention.asae import peak_mask
 
     a = torch.tensor([[[[9.0, 1.0, 0.0, 0.0, 5.0],
                         [1.0, 1.0, 0.0, 0.0, 0.0],
@@ -247,7 +247,7 @@ def test_asae_peaks_are_the_top_k_local_maxima():
 
 
 def test_asae_trains_as_the_mean_of_suppression_and_enhancement_and_is_identity_at_inference():
-    from bmengine.training.models import STAGE_ATTENTION
+    from bmengine.engine.model.networks import STAGE_ATTENTION
 
     layer = STAGE_ATTENTION.create("asae", top_k=1, radius=1)
     assert not list(layer.parameters())  # parameter-free
@@ -266,7 +266,7 @@ def test_asae_sits_after_the_third_stage_trains_and_exports_without_a_trace(back
     import onnxruntime as ort
 
     from bmengine.training.export import export_onnx
-    from bmengine.training.models.attention.asae import ASAE
+    from bmengine.engine.model.networks.attention.asae import ASAE
 
     x, y = real_batch
     x = x[:, :, :32, :32].contiguous()

@@ -29,7 +29,7 @@ def pt_bundle(tiny_model, tmp_path_factory) -> Path:
     """A .pt with its card, as the torch backend runs one: the test model's architecture (from its
     card) with fresh weights, saved as a bare state dict."""
     from bmengine.engine.backends.torch_backend import spec_from_card
-    from bmengine.training.models import create_model
+    from bmengine.engine.model.networks import create_model
 
     folder = tmp_path_factory.mktemp("pt")
     card = load_card(tiny_model.with_name("tiny.onnx"))

@@ -8,7 +8,7 @@ import onnx  # noqa: E402  (comes with torch in the [train] extra)
 
 from bmengine.engine.model.card import Preprocessing  # noqa: E402
 from bmengine.training.export import export_onnx, quantize_int8, resolve_int8_ops  # noqa: E402
-from bmengine.training.models import ModelSpec, create_model  # noqa: E402
+from bmengine.engine.model.networks import ModelSpec, create_model  # noqa: E402
 from conftest import pbc_files  # noqa: E402
 
 PREP = Preprocessing(resize=36, crop=32)

@@ -65,8 +65,8 @@ def test_dataset_scan_finds_nested_folders_and_splits_stratified(pbc_subset):
 
 
 def test_se_sits_after_the_group_conv_in_every_regnet_block():
-    from bmengine.training.models import ModelSpec, create_model
-    from bmengine.training.models.attention.se import SqueezeExcite
+    from bmengine.engine.model.networks import ModelSpec, create_model
+    from bmengine.engine.model.networks.attention.se import SqueezeExcite
 
     model = create_model(ModelSpec("regnetx_002", "se", 8))
     blocks = [m for m in model.modules() if hasattr(m, "conv2") and hasattr(m, "se")]
@@ -81,7 +81,7 @@ def test_trained_model_exports_to_onnx_with_matching_outputs(trained_run):
 
     from bmengine.engine.bench import machine_words
     from bmengine.engine.model import load_card
-    from bmengine.training.models import ModelSpec, create_model
+    from bmengine.engine.model.networks import ModelSpec, create_model
 
     fp32 = trained_run.with_name("tiny.onnx")
     card, card8 = load_card(fp32), load_card(trained_run)

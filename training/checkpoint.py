@@ -38,7 +38,7 @@ def load_checkpoint(path: Path, require: tuple[str, ...] = MODEL_KEYS) -> dict:
 
 def load_model(path: Path, require: tuple[str, ...] = MODEL_KEYS) -> tuple[torch.nn.Module, dict]:
     """The model a checkpoint describes, in eval mode, with its weights; and the checkpoint itself."""
-    from bmengine.training.models import ModelSpec, create_model
+    from bmengine.engine.model.networks import ModelSpec, create_model
 
     state = load_checkpoint(path, tuple(dict.fromkeys(MODEL_KEYS + require)))
     model = create_model(ModelSpec(**state["model_spec"])).eval()

@@ -68,7 +68,7 @@ def checkpoint_model(path: Path) -> tuple[object, ModelCard]:
     """The checkpoint's network (eval mode, fp32, on the CPU) and the card its plan starts from."""
     from bmengine.engine.backends.torch_backend import load_weights, spec_from_card
     from bmengine.engine.model.card import ModelCardError
-    from bmengine.training.models import create_model
+    from bmengine.engine.model.networks import create_model
 
     if card_path_for(path).is_file():  # a bundle the torch backend runs: its card names the architecture
         card = load_card(path)

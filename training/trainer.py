@@ -26,7 +26,7 @@ from bmengine.training.dataset import ImageFolder, stratified_split
 from bmengine.training.image_cache import cached_images
 from bmengine.training.losses import LossSpec, create_loss
 from bmengine.training.metrics import classification_report
-from bmengine.training.models import ModelSpec, create_model
+from bmengine.engine.model.networks import ModelSpec, create_model
 from bmengine.training.replay import read_replay, with_replay
 from bmengine.training.sampler import SAMPLERS
 

@@ -20,7 +20,7 @@ from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 from bmengine.engine.model.card import ModelCard, ModelCardError
 
 if TYPE_CHECKING:
-    from bmengine.training.models import ModelSpec
+    from bmengine.engine.model.networks import ModelSpec
 
 
 def load_weights(model_path: Path) -> dict:
@@ -39,7 +39,7 @@ def load_weights(model_path: Path) -> dict:
 
 def spec_from_card(card: ModelCard, model_path: Path) -> "ModelSpec":
     """The ``ModelSpec`` the card's ``architecture`` names (its extra keys, e.g. loss, are ignored)."""
-    from bmengine.training.models import ModelSpec  # noqa: F811 (the architecture lives in training: a known exception)
+    from bmengine.engine.model.networks import ModelSpec  # noqa: F811
 
     arch = card.architecture
     if "backbone" not in arch:
@@ -71,7 +71,7 @@ class TorchBackend(Backend):
         super().__init__(model_path, card, options)
         import torch
 
-        from bmengine.training.models import create_model
+        from bmengine.engine.model.networks import create_model
 
         weights = load_weights(self.model_path)
         spec = spec_from_card(card, self.model_path)

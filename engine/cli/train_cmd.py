@@ -58,7 +58,7 @@ def train(
 
     if list_parts:
         from bmengine.training.losses import LOSSES
-        from bmengine.training.models import ATTENTION, BACKBONES, STAGE_ATTENTION
+        from bmengine.engine.model.networks import ATTENTION, BACKBONES, STAGE_ATTENTION
 
         typer.echo(f"backbones: {', '.join(BACKBONES.names())}")
         typer.echo(f"attention: {', '.join(ATTENTION.names())}")

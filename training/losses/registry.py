@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
-from bmengine.training.registry import Registry
+from bmengine.engine.registry import Registry
 
 LOSSES: Registry[nn.Module] = Registry("loss")
 

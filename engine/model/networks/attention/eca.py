@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from bmengine.training.models.attention.registry import ATTENTION
+from bmengine.engine.model.networks.attention.registry import ATTENTION
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:

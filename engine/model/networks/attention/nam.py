@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bmengine.training.models.attention.registry import ATTENTION
+from bmengine.engine.model.networks.attention.registry import ATTENTION
 
 
 @ATTENTION.register("nam")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bmengine.training.models.attention.registry import STAGE_ATTENTION
+from bmengine.engine.model.networks.attention.registry import STAGE_ATTENTION
 
 
 def peak_mask(attention: torch.Tensor, k: int, window: int = 3) -> torch.Tensor:

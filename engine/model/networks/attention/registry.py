@@ -10,7 +10,7 @@ squeeze channels accept ``rd_channels`` (absolute) or ``rd_ratio`` and ignore wh
 
 from torch import nn
 
-from bmengine.training.registry import Registry
+from bmengine.engine.registry import Registry
 
 ATTENTION: Registry[nn.Module] = Registry("attention block")
 STAGE_ATTENTION: Registry[nn.Module] = Registry("stage attention layer")

@@ -13,8 +13,8 @@ from typing import Callable
 
 from torch import nn
 
-from bmengine.training.models.attention import ATTENTION, STAGE_ATTENTION
-from bmengine.training.registry import Registry
+from bmengine.engine.model.networks.attention import ATTENTION, STAGE_ATTENTION
+from bmengine.engine.registry import Registry
 
 BACKBONES: Registry[nn.Module] = Registry("backbone")
 
@@ -137,7 +137,7 @@ def _regnetx_002_gn(spec: ModelSpec) -> nn.Module:
 @BACKBONES.register("multiscale_cross_attention")
 def _multiscale(spec: ModelSpec) -> nn.Module:
     """Surekha et al.'s design: our own model, not a timm one (see models/multiscale.py)."""
-    from bmengine.training.models.multiscale import MultiScaleCrossAttentionNet
+    from bmengine.engine.model.networks.multiscale import MultiScaleCrossAttentionNet
 
     if spec.attention != "none":
         raise ValueError(f"{spec.backbone}: has its own attention; use --attention none")

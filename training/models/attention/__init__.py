@@ -1,6 +1,0 @@
-"""Attention blocks (one small module each); importing the package registers them all."""
-
-from bmengine.training.models.attention.registry import ATTENTION, STAGE_ATTENTION
-from bmengine.training.models.attention import asae, cbam, coord, eca, ema, nam, se, simam  # noqa: F401
-
-__all__ = ["ATTENTION", "STAGE_ATTENTION"]

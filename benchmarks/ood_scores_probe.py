@@ -11,7 +11,12 @@ of unknown vs known for each candidate score:
 - ``react-energy``: energy of the logits recomputed from features clipped at their training
   ``--react-percentile`` (Sun et al. 2021, ReAct);
 - ``z-max`` / ``z-sum``: the Mahalanobis and energy scores each standardised on the validation
-  split, then their maximum / sum (one threshold for both).
+  split, then their maximum / sum (one threshold for both);
+- ``knn-K``: distance to the K-th nearest training feature, features L2-normalised (Sun et al.
+  2022, deep nearest neighbours); ``knn-K-bank-N``: the same against N training crops per class,
+  the bank size a model file could carry;
+- ``relative-mahalanobis``: the class distance minus the distance to one Gaussian fitted on all
+  training features (Ren et al. 2021), meant for near-OOD classes.
 
     python benchmarks/ood_scores_probe.py /tmp/openset/run-no-basophil:basophil /tmp/openset/run-no-ig:ig ...
 
@@ -51,7 +56,7 @@ def logsumexp(x: np.ndarray) -> np.ndarray:
 def scores_of(run: Path, held_out: str, react_percentile: float) -> dict[str, float]:
     from bmengine.training.checkpoint import load_checkpoint
     from bmengine.training.image_cache import cached_images
-    from bmengine.training.models import ModelSpec, create_model
+    from bmengine.engine.model.networks import ModelSpec, create_model
     from bmengine.training.ood import (MIN_SHRINKAGE, auroc, classifier_layer, feature_model,
                                        fit_tied_gaussian)
     from bmengine.training.trainer import TrainConfig
@@ -75,6 +80,18 @@ def scores_of(run: Path, held_out: str, react_percentile: float) -> dict[str, fl
     layer = classifier_layer(model, len(classes))
     weight, bias = layer.weight.detach().numpy(), layer.bias.detach().numpy()
     clip = np.percentile(out["train"][1], react_percentile)
+    train_feats = out["train"][1]
+    background_mean = train_feats.mean(axis=0)
+    background = fit_tied_gaussian(train_feats, np.zeros(len(train_feats), dtype=np.int64),
+                                   min_shrinkage=MIN_SHRINKAGE)
+    train_unit = train_feats / np.linalg.norm(train_feats, axis=1, keepdims=True)
+    rng = np.random.default_rng(0)
+    banks = {f"knn-{k}": (train_unit, k) for k in (1, 10, 50)}
+    for per_class in (50, 200):
+        keep = np.concatenate([rng.permutation(np.flatnonzero(train_labels == c))[:per_class]
+                               for c in np.unique(train_labels)])
+        for k in (1, 5):
+            banks[f"knn-{k}-bank-{per_class}"] = (train_unit[keep], k)
 
     def all_scores(logits, feats):
         z = feats @ stats.chol
@@ -84,10 +101,19 @@ def scores_of(run: Path, held_out: str, react_percentile: float) -> dict[str, fl
         prob = np.exp(logits - logits.max(axis=1, keepdims=True))
         msp = 1 - (prob / prob.sum(axis=1, keepdims=True)).max(axis=1)
         react = -logsumexp(np.minimum(feats, clip) @ weight.T + bias)
-        return {"mahalanobis": maha, "energy": energy, "msp": msp, "react-energy": react}
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        zb = (feats - background_mean) @ background.chol
+        scores = {"mahalanobis": maha, "energy": energy, "msp": msp, "react-energy": react,
+                  "relative-mahalanobis": maha - (zb ** 2).sum(axis=1)}
+        for name, (bank_feats, k) in banks.items():
+            sims = unit @ bank_feats.T
+            scores[name] = 1 - np.sort(sims, axis=1)[:, -k]
+        return scores
 
     known, unknown = all_scores(*out["val"]), all_scores(*out["unknown"])
-    for a, b in (("mahalanobis", "energy"), ("mahalanobis", "react-energy")):
+    pairs = [("mahalanobis", "energy"), ("mahalanobis", "react-energy"), ("relative-mahalanobis", "energy")]
+    pairs += [(name, "energy") for name in banks]
+    for a, b in pairs:
         mu_a, sd_a, mu_b, sd_b = known[a].mean(), known[a].std(), known[b].mean(), known[b].std()
         for s in (known, unknown):
             za, zb = (s[a] - mu_a) / sd_a, (s[b] - mu_b) / sd_b

@@ -111,7 +111,7 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
         c = load_card(path)
         t = c.temperature
         threshold = float(c.ood["threshold"])
-        sets = {"val": val, "unknown": unknown, "unused": spare}
+        sets = {"val": val, "unknown": unknown, **({"unused": spare} if spare else {})}  # none unused: all of PBC trained
         got = {name: _scores(path, files) for name, files in sets.items()}
         scores = {name: {"card_score": score_for_card(c.ood, g["ood"], g["logits"]).astype(np.float64),
                          "mahalanobis": g["ood"], "energy": ood.energy_score(g["logits"]),
@@ -120,7 +120,8 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
                      "flagged_at_card_threshold": {}, "detected_at_5pct_val_false_flags": {}}
         for score in SCORES:
             row["auroc"][score] = round(ood.auroc(scores["unknown"][score], scores["val"][score]), 4)
-            row["auroc_vs_unused"][score] = round(ood.auroc(scores["unknown"][score], scores["unused"][score]), 4)
+            if "unused" in sets:
+                row["auroc_vs_unused"][score] = round(ood.auroc(scores["unknown"][score], scores["unused"][score]), 4)
             cut = ood.threshold_at(scores["val"][score], c.ood["false_flag_rate"])
             row["detected_at_5pct_val_false_flags"][score] = {
                 name: round(float(np.mean(scores[name][score] > cut)), 4) for name in sets}
@@ -134,7 +135,7 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
                  for a, b in (halves, halves[::-1])]
         row["val_flagged_cross_fitted"] = round(float(np.mean(cross)), 4)
         # calibration, on the validation split (where T was fitted) and on the unused known crops
-        for name in ("val", "unused"):
+        for name in ("val", "unused") if "unused" in sets else ("val",):
             labels = _labels(sets[name], classes)
             logits = got[name]["logits"]
             row[f"ece_{name}"] = {"before": round(expected_calibration_error(labels, softmax_t(logits, 1.0)), 5),
@@ -154,6 +155,14 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
     result["int8_vs_fp32_score"] = {"median_ratio": round(float(np.median(ood8 / ood32)), 4),
                                     "spearman": round(_spearman(ood8, ood32), 4), "n": len(ood32)}
     return result
+
+
+def _share(value: float | None) -> str:
+    return "none unused" if value is None else f"{value:.1%}"
+
+
+def _ece(record: dict | None) -> str:
+    return "none unused" if record is None else f"{record['before']:.4f} → {record['after']:.4f}"
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -251,7 +260,7 @@ def report(paths: list[Path], out: Path, commands: str = "", notes: str = "") ->
             lines.append(f"| {r['held_out']} | {card_score:.4f} ({m['card_ood']['score']}) | "
                          f"{m['auroc']['mahalanobis']:.4f} | {m['auroc']['energy']:.4f} | "
                          f"{m['auroc']['max_softmax']:.4f} | {f['unknown']:.1%} | {f['val']:.1%} / "
-                         f"{m['val_flagged_cross_fitted']:.1%} | {f['unused']:.1%} | {m['ece_val']['accuracy']:.4f} |")
+                         f"{m['val_flagged_cross_fitted']:.1%} | {_share(f.get('unused'))} | {m['ece_val']['accuracy']:.4f} |")
         if held:
             mean = {s: np.mean([r["models"][precision]["auroc"].get(s, r["models"][precision]["auroc"]["mahalanobis"])
                                 for r in held]) for s in SCORES}
@@ -265,7 +274,7 @@ def report(paths: list[Path], out: Path, commands: str = "", notes: str = "") ->
         for precision, m in r["models"].items():
             lines.append(f"| {r['held_out']} | {precision} | {m['card_calibration']['temperature']:.3f} | "
                          f"{m['ece_val']['before']:.4f} → {m['ece_val']['after']:.4f} | "
-                         f"{m['ece_unused']['before']:.4f} → {m['ece_unused']['after']:.4f} |")
+                         f"{_ece(m.get('ece_unused'))} |")
     lines.append("")
     lines += ["## int8 vs fp32 OOD score (first 256 validation crops)", "",
               "| held-out class | median int8/fp32 | Spearman |", "|---|---|---|"]

@@ -197,7 +197,7 @@ def test_threshold_gives_the_recorded_false_flag_rate_on_validation(trained_run)
 def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
     import onnx
 
-    from bmengine.training.ood import head_nodes
+    from bmengine.training.ood import FEATURE_PATH_OPS, head_nodes
 
     graph = onnx.load(str(trained_run)).graph
     head = set(head_nodes(graph))
@@ -207,6 +207,17 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
         if node.name in head:
             assert node.op_type not in ("QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger")
             assert all(producer[i].op_type != "DequantizeLinear" for i in node.input if i in producer), node.name
+    # the features themselves are float all the way from the last computing operator: no Q->DQ
+    # copy on the pooling and flattening between it and the head (timm models have both)
+    for name in {i for node in graph.node if node.name in head for i in node.input if i in producer} - {
+            o for node in graph.node if node.name in head for o in node.output}:
+        path = []
+        while name in producer and producer[name].op_type in FEATURE_PATH_OPS + ("DequantizeLinear",):
+            path.append(producer[name].op_type)
+            name = producer[name].input[0]
+        assert "DequantizeLinear" not in path, path
+    # and the logits are the classifier's float output, not a Q->DQ'd copy clipped at the calibrated range
+    assert producer["logits"].op_type not in ("DequantizeLinear", "QuantizeLinear")
     crops = [f for cls in CLASSES for f in pbc_files(cls, 5)]
     card = load_card(trained_run)
     batch = _decode(card, crops)

@@ -280,10 +280,51 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
                         extra_options={**TENSORRT_QDQ_OPTIONS, **CALIBRATION_METHODS[calibration][1]})
         if head:
             unquantise_head_inputs(tmp, head)
+        float_graph_outputs(tmp)
         tmp.replace(int8_path)
     finally:
         pre.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+
+
+def float_graph_outputs(model_path: Path) -> int:
+    """The graph's outputs (logits) as the float values their last operator computes, not a Q->DQ'd
+    copy: ONNX Runtime also quantises a Gemm's output, which rounds the logits to 256 levels and
+    clips the largest at the calibrated range. Both the energy part of the OOD score and the
+    temperature-scaled confidences read them. TensorRT takes Q/DQ on a layer's inputs only, so
+    nothing is lost for it. Returns the number of outputs changed."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    drop, changed = set(), 0
+    for output in graph.output:
+        dq = producer.get(output.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        value = q.input[0]
+        readers = [n for n in graph.node if value in n.input and n is not q]
+        if readers or any(o.name == value for o in graph.output):
+            continue  # the float value is read elsewhere too: leave this pair
+        producer[value].output[list(producer[value].output).index(value)] = output.name
+        drop.update({q.name, dq.name})
+        changed += 1
+    if changed:
+        kept = []
+        for node in graph.node:  # copies: the graph's own list is replaced
+            if node.name not in drop:
+                kept.append(onnx.NodeProto())
+                kept[-1].CopyFrom(node)
+        del graph.node[:]
+        graph.node.extend(kept)
+        read = {name for node in kept for name in node.input}
+        unread = [init for init in graph.initializer if init.name not in read]  # the pairs' scales
+        for init in unread:
+            graph.initializer.remove(init)
+        onnx.save(model, str(model_path))
+    return changed
 
 
 def _stratified_sample(files: list[str], labels: np.ndarray, n: int, seed: int = 0) -> list[str]:

@@ -210,39 +210,78 @@ def head_nodes(graph) -> list[str]:
     return [node.name for node in graph.node if node.name.startswith(f"/{HEAD_SCOPE}/")]
 
 
+#: operators that re-arrange or average their first input on the way to the head's features (timm:
+#: the pooling, its Flatten and the feature tap's Flatten, all outside the head); quantised copies of
+#: them are replaced by float ones
+FEATURE_PATH_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "GlobalAveragePool")
+
+
 def unquantise_head_inputs(model_path, head: list[str]) -> int:
     """After static QDQ quantisation, the OOD head's input may be the Q->DQ'd copy of the features
-    (ONNX Runtime re-wires every consumer of a quantised tensor); feed it the float tensor again,
-    so the head is fp32 end to end. Returns the number of inputs re-wired."""
+    (ONNX Runtime re-wires every consumer of a quantised tensor), directly or through pooling and layout ops
+    outside the head; feed it the float tensor again (float copies of the ops on the way where there
+    are some), so the head is fp32 end to end. Why it matters: the int8 range is calibrated on training
+    crops, so a quantised copy clips exactly the large feature values that make a crop unknown.
+    Returns the number of inputs re-wired."""
     import onnx
 
     model = onnx.load(str(model_path))
     graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
+    nodes = []
+    for original in graph.node:  # copies: the graph's own list is replaced below
+        nodes.append(onnx.NodeProto())
+        nodes[-1].CopyFrom(original)
+    producer = {out: node for node in nodes for out in node.output}
     head = set(head)
-    rewired = 0
-    for node in graph.node:
-        if node.name not in head:
-            continue
-        for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
+
+    copies: dict[str, str] = {}  # tensor -> its float copy, made once
+
+    def float_source(name: str) -> str | None:
+        """The float tensor behind ``name``, or None where ``name`` is already as float as it gets.
+        Walks back through Q->DQ pairs and FEATURE_PATH_OPS (which "all"-operator quantisation also
+        quantises), down to the first operator that computes."""
+        node = producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "DequantizeLinear":
+            q = producer.get(node.input[0])
             if q is None or q.op_type != "QuantizeLinear":
-                continue  # a quantised weight (initializer) has no Q node: leave it
-            node.input[i] = q.input[0]
-            rewired += 1
+                return None  # a weight: no Q node
+            return float_source(q.input[0]) or q.input[0]
+        if node.op_type not in FEATURE_PATH_OPS or node.name in head:
+            return None
+        if name not in copies:
+            source = float_source(node.input[0])
+            if source is None:
+                return None
+            copy = onnx.helper.make_node(node.op_type, [source, *node.input[1:]], [f"{name}_float"],
+                                         name=f"{node.name}_float")
+            copy.attribute.extend(node.attribute)
+            nodes.insert(nodes.index(node) + 1, copy)  # keeps the node list in topological order
+            producer[copy.output[0]] = copy
+            copies[name] = copy.output[0]
+        return copies[name]
+
+    rewired = 0
+    for node in [n for n in nodes if n.name in head]:
+        for i, name in enumerate(node.input):
+            source = float_source(name)
+            if source is not None:
+                node.input[i] = source
+                rewired += 1
     if rewired:
-        # drop Q/DQ pairs nobody reads any more
-        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        changed = True
-        while changed:
-            changed = False
-            for node in list(graph.node):
-                if node.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in used for o in node.output):
-                    graph.node.remove(node)
-                    changed = True
-            used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        del graph.node[:]
+        graph.node.extend(_without_dead_nodes(nodes, {o.name for o in graph.output}))
         onnx.save(model, str(model_path))
     return rewired
+
+
+def _without_dead_nodes(nodes: list, outputs: set[str]) -> list:
+    """``nodes`` less those whose outputs nobody reads any more (repeated: a dead node's inputs may
+    leave its producer dead too)."""
+    while True:
+        used = {name for node in nodes for name in node.input} | outputs
+        alive = [node for node in nodes if any(o in used for o in node.output)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive

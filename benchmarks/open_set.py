@@ -22,6 +22,7 @@ cells... are classes no PBC model has) and lists which crops the engine flags ``
     python benchmarks/open_set.py make-data basophil --out /tmp/openset/data-no-basophil
     bmengine train /tmp/openset/data-no-basophil --out /tmp/openset/run-no-basophil --taxonomy pbc-blood-8 ...
     python benchmarks/open_set.py evaluate /tmp/openset/run-no-basophil --held-out basophil --json /tmp/openset/basophil.json
+    python benchmarks/open_set.py evaluate ... --int8-keep-fp32 /stages.3/   # int8 with the last stage fp32
     python benchmarks/open_set.py bm-samples MODEL.onnx --json /tmp/openset/bm.json
     python benchmarks/open_set.py report /tmp/openset/*.json --out benchmarks/results/open-set
 """
@@ -79,7 +80,10 @@ def _labels(files: list[str], classes: list[str]) -> np.ndarray:
     return np.asarray([index[Path(f).parent.name] for f in files])
 
 
-def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed: int = 0) -> dict:
+def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed: int = 0,
+             int8_keep_fp32: tuple[str, ...] = ()) -> dict:
+    """``int8_keep_fp32``: node-name fragments the int8 export leaves fp32 (``bmengine export
+    --int8-keep-fp32``); such an export goes to ``RUN/export-keep-fp32/``, beside the plain one."""
     from bmengine.engine.backends.ood_score import score_for_card
     from bmengine.engine.metrics import expected_calibration_error
     from bmengine.engine.model.card import load_card
@@ -87,10 +91,11 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
     from bmengine.training.calibrate import softmax_t
     from bmengine.training.export import ExportConfig, export
 
-    fp32 = run / "export" / "openset.onnx"
+    fp32 = run / ("export-keep-fp32" if int8_keep_fp32 else "export") / "openset.onnx"
     t0 = time.perf_counter()
     if not (fp32.with_name("openset_int8.onnx.card.json")).is_file():
-        export(ExportConfig(run / "checkpoints" / "last.pt", fp32, name=f"openset-no-{held_out}"))
+        export(ExportConfig(run / "checkpoints" / "last.pt", fp32, name=f"openset-no-{held_out}",
+                            int8_keep_fp32=tuple(int8_keep_fp32)))
     export_seconds = time.perf_counter() - t0
     split = json.loads((run / "split.json").read_text())
     card = load_card(fp32)
@@ -106,7 +111,7 @@ def evaluate(run: Path, held_out: str, unused: int = 1000, pbc: Path = PBC, seed
     spare = sorted(rng.permutation(spare)[:unused].tolist()) if len(spare) > unused else spare
     result = {"held_out": held_out, "run": str(run), "classes": classes, "n_train": len(split["train"]),
               "n_val": len(val), "n_unknown": len(unknown), "n_unused_known": len(spare),
-              "export_seconds": round(export_seconds, 1), "models": {}}
+              "export_seconds": round(export_seconds, 1), "int8_keep_fp32": list(int8_keep_fp32), "models": {}}
     for precision, path in (("fp32", fp32), ("int8", fp32.with_name("openset_int8.onnx"))):
         c = load_card(path)
         t = c.temperature
@@ -331,6 +336,8 @@ def main() -> None:
     p.add_argument("--held-out", required=True)
     p.add_argument("--unused", type=int, default=1000)
     p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--int8-keep-fp32", action="append", default=[], metavar="FRAGMENT",
+                   help="as bmengine export's: nodes left fp32 in the int8 model (e.g. /stages.3/)")
     p = sub.add_parser("bm-samples")
     p.add_argument("model", type=Path)
     p.add_argument("--work", type=Path, default=Path("/tmp/openset-bm"))
@@ -345,7 +352,8 @@ def main() -> None:
     if args.cmd == "make-data":
         print(make_data(args.held_out, args.out, args.pbc))
     elif args.cmd == "evaluate":
-        args.json.write_text(json.dumps(evaluate(args.run, args.held_out, args.unused), indent=1) + "\n")
+        result = evaluate(args.run, args.held_out, args.unused, int8_keep_fp32=tuple(args.int8_keep_fp32))
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     elif args.cmd == "bm-samples":
         args.json.write_text(json.dumps(bm_samples(args.model, args.work, run=args.run), indent=1) + "\n")
     else:

@@ -93,3 +93,23 @@ def test_calibration_set_not_a_multiple_of_the_batch_quantises(tmp_path, method)
     fp32 = _export("regnetx_002", tmp_path / "m.onnx")
     quantize_int8(fp32, tmp_path / "m_int8.onnx", files, PREP, "all", method)
     assert (tmp_path / "m_int8.onnx").stat().st_size > 0
+
+
+def test_named_nodes_stay_fp32_in_the_int8_model_and_a_fragment_that_names_none_is_refused(tmp_path):
+    """``--int8-keep-fp32``: the last stage (whose features the OOD distance reads) left fp32 while
+    the rest is int8; a typo must not give a plain int8 model whose card says otherwise."""
+    from bmengine.training.export import KeepFp32Error
+
+    fp32 = _export("regnetx_002", tmp_path / "regnet.onnx")
+    last_stage = {node.name for node in onnx.load(str(fp32)).graph.node if "/s4/" in node.name}
+    assert last_stage
+    kept = quantize_int8(fp32, tmp_path / "kept.onnx", _calibration(), PREP, "all", keep_fp32=("/s4/",))
+    assert kept == len(last_stage)
+    reading = _reading_int8(tmp_path / "kept.onnx")
+    int8_readers = set().union(*reading.values())
+    assert not int8_readers & last_stage, sorted(int8_readers & last_stage)[:5]
+    assert any("/s1/" in name for name in reading["Conv:w1"])  # the earlier stages are still int8
+    assert any("/s3/" in name for name in reading["Conv"])
+    with pytest.raises(KeepFp32Error, match=r"no node of regnet.onnx has '/stages.3/'.*/s4/"):
+        quantize_int8(fp32, tmp_path / "typo.onnx", _calibration(), PREP, "all", keep_fp32=("/stages.3/",))
+    assert not (tmp_path / "typo.onnx").exists()

@@ -72,6 +72,9 @@ class ExportConfig:
     calibrate: bool = True  # temperature scaling fitted on the validation split (training/calibrate.py)
     fp16: bool = False  # also write <stem>_fp16.onnx (training/fp16.py), for fp16 TensorRT plans
     decode_device: str = "auto"  # decoder of the calibration/OOD-fit crops: auto, cpu or gpu (module docstring)
+    # node-name fragments whose nodes int8 leaves fp32, as it does the OOD head (e.g. "/stages.3/": the
+    # last stage, whose features the OOD distance reads; open-set.md measures what it buys and costs)
+    int8_keep_fp32: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_int8_ops(self.int8_ops)  # before the fp32 export, not after it
@@ -81,6 +84,8 @@ class ExportConfig:
             raise ValueError(f"--int8-calibration {self.int8_calibration!r}: choose one of {sorted(CALIBRATION_METHODS)}")
         if self.ood_score not in OOD_SCORES:
             raise ValueError(f"--ood-score {self.ood_score!r}: choose one of {', '.join(OOD_SCORES)}")
+        if any(not fragment.strip() for fragment in self.int8_keep_fp32):
+            raise ValueError("--int8-keep-fp32: an empty fragment would match every node")
         if not 0 < self.false_flag_rate <= 0.5:
             raise ValueError(f"--false-flag-rate must be in (0, 0.5], not {self.false_flag_rate}")
 
@@ -256,10 +261,28 @@ CALIBRATION_METHODS = {
 }
 
 
+class KeepFp32Error(ValueError):
+    """An ``--int8-keep-fp32`` fragment names no node of the exported graph."""
+
+
+def kept_fp32_nodes(graph, fragments: tuple[str, ...], model_path: Path) -> list[str]:
+    """Names of the nodes whose name contains one of ``fragments``; a fragment that names none is an
+    error (a typo would otherwise give a plain int8 model whose card claims otherwise)."""
+    names = [node.name for node in graph.node]
+    missing = [f for f in fragments if not any(f in name for name in names)]
+    if missing:
+        scopes = sorted({"/".join(name.split("/")[:2]) + "/" for name in names if name.startswith("/")})
+        raise KeepFp32Error(f"--int8-keep-fp32: no node of {model_path.name} has {', '.join(map(repr, missing))} "
+                            f"in its name; its top-level scopes are {', '.join(scopes[:20])}")
+    return [name for name in names if any(f in name for f in fragments)]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,
-                  ops: str = "all", calibration: str = "minmax", device: str = "cpu") -> None:
-    """The OOD head (if any) stays fp32: its nodes are excluded, and its input is the float features.
-    ``device``: where the calibration crops are decoded (``_CalibrationReader``)."""
+                  ops: str = "all", calibration: str = "minmax", device: str = "cpu",
+                  keep_fp32: tuple[str, ...] = ()) -> int:
+    """The OOD head (if any) and the nodes named by ``keep_fp32`` fragments stay fp32: they are
+    excluded, and their inputs are float tensors. ``device``: where the calibration crops are decoded
+    (``_CalibrationReader``). Returns the number of nodes kept fp32 by ``keep_fp32``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -268,7 +291,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
 
     pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    head = head_nodes(onnx.load(str(pre), load_external_data=False).graph)
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    head = head_nodes(graph)
+    kept = [name for name in kept_fp32_nodes(graph, keep_fp32, fp32_path) if name not in head] if keep_fp32 else []
+    excluded = head + kept
     tmp = int8_path.with_name(int8_path.name + ".partial")
     try:
         quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image", device=device),
@@ -276,15 +302,16 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
                         weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration][0]),
                         op_types_to_quantize=list(INT8_OP_SETS[ops]) if INT8_OP_SETS[ops] else None,
-                        nodes_to_exclude=head,
+                        nodes_to_exclude=excluded,
                         extra_options={**TENSORRT_QDQ_OPTIONS, **CALIBRATION_METHODS[calibration][1]})
-        if head:
-            unquantise_head_inputs(tmp, head)
+        if excluded:
+            unquantise_head_inputs(tmp, excluded)
         float_graph_outputs(tmp)
         tmp.replace(int8_path)
     finally:
         pre.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
+    return len(kept)
 
 
 def float_graph_outputs(model_path: Path) -> int:
@@ -410,20 +437,31 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     int8_training: dict = {}  # what the int8 card adds under "training"
     if cfg.int8:
         int8_ops = resolve_int8_ops(cfg.int8_ops, cfg.out)
+        if cfg.int8_keep_fp32:  # a fragment that names no node fails here, before the calibration
+            import onnx
+
+            try:
+                kept_fp32_nodes(onnx.load(str(cfg.out), load_external_data=False).graph, cfg.int8_keep_fp32, cfg.out)
+            except KeepFp32Error:
+                cfg.out.unlink()  # it has no card yet: no backend would load it
+                raise
         int8 = cfg.out.with_name(cfg.out.stem + "_int8.onnx")
         train_files = split["train"]
         calib = _stratified_sample(train_files, _labels_for(train_files, classes), cfg.calibration_images)
         t0 = time.perf_counter()
         decoder = resolve_decode_device(cfg.decode_device)
-        quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration, device=decoder)
+        kept = quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration, device=decoder,
+                             keep_fp32=cfg.int8_keep_fp32)
         log(f"wrote {int8} ({int8_ops} operators, calibrated on {len(calib)} training crops "
-            f"in {time.perf_counter() - t0:.0f}s)")
+            f"in {time.perf_counter() - t0:.0f}s" + (f"; {kept} nodes kept fp32" if kept else "") + ")")
         outputs["int8"] = int8
         int8_training = {"calibration_images": cfg.calibration_images,
                          "calibration_method": cfg.int8_calibration,
                          "calibration_decoder": DECODER_NAMES[decoder],
                          "quantisation": "symmetric int8 Q/DQ (zero points 0), int32 biases",
                          "int8_ops": {"set": int8_ops, "op_types": list(INT8_OP_SETS[int8_ops] or ["all"])}}
+        if cfg.int8_keep_fp32:
+            int8_training["int8_kept_fp32"] = {"name_fragments": list(cfg.int8_keep_fp32), "nodes": kept}
     precision_training = {"int8": int8_training}  # what each precision's card adds under "training"
     if cfg.fp16:
         from bmengine.training.fp16 import fp16_path_for, to_fp16

@@ -34,6 +34,10 @@ def export(
     fp16: Annotated[bool, typer.Option(
         help="Also write <stem>_fp16.onnx (float32 IO, Softmax/LayerNorm/OOD head kept fp32) for fp16 "
              "TensorRT plans.")] = False,
+    int8_keep_fp32: Annotated[Optional[list[str]], typer.Option(
+        help="Leave the nodes whose name contains this fragment in fp32 in the int8 model (repeatable), "
+             "e.g. /stages.3/ for CoAtNet-0's last stage: closer OOD scores to fp32, a little slower; "
+             "see benchmarks/results/open-set.md.")] = None,
     decode_device: Annotated[str, typer.Option(
         help="Where the int8 calibration and OOD-fit crops are decoded: auto (the GPU's nvJPEG where "
              "there is one), cpu or gpu.")] = "auto",
@@ -48,15 +52,19 @@ def export(
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
                            name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
                            false_flag_rate=false_flag_rate, ood_score=ood_score, calibrate=calibrate,
-                           fp16=fp16, decode_device=decode_device)
+                           fp16=fp16, decode_device=decode_device, int8_keep_fp32=tuple(int8_keep_fp32 or ()))
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.export import KeepFp32Error
 
     try:
         paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
     except UnsafeCheckpointError as err:  # a refused or unreadable checkpoint: nothing was written
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except KeepFp32Error as err:  # found after the fp32 export, which was removed again: nothing written
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for precision, path in paths.items():

@@ -113,3 +113,19 @@ def test_named_nodes_stay_fp32_in_the_int8_model_and_a_fragment_that_names_none_
     with pytest.raises(KeepFp32Error, match=r"no node of regnet.onnx has '/stages.3/'.*/s4/"):
         quantize_int8(fp32, tmp_path / "typo.onnx", _calibration(), PREP, "all", keep_fp32=("/stages.3/",))
     assert not (tmp_path / "typo.onnx").exists()
+
+
+def test_export_refuses_a_keep_fp32_fragment_that_names_no_node_and_leaves_nothing_behind(trained_run, tmp_path):
+    import subprocess
+
+    from conftest import BMENGINE
+
+    out = tmp_path / "typo.onnx"
+    done = subprocess.run(BMENGINE + ["export", str(trained_run.parents[1] / "checkpoints" / "last.pt"), "--out",
+                                      str(out), "--calibration-images", "32", "--int8-keep-fp32", "/stages.3/"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: --int8-keep-fp32: no node of typo.onnx has '/stages.3/' in its name" in done.stderr
+    assert "/s4/" in done.stderr  # the scopes it does have, to pick from
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())

@@ -271,10 +271,19 @@ def kept_fp32_nodes(graph, fragments: tuple[str, ...], model_path: Path) -> list
     names = [node.name for node in graph.node]
     missing = [f for f in fragments if not any(f in name for name in names)]
     if missing:
-        scopes = sorted({"/".join(name.split("/")[:2]) + "/" for name in names if name.startswith("/")})
         raise KeepFp32Error(f"--int8-keep-fp32: no node of {model_path.name} has {', '.join(map(repr, missing))} "
-                            f"in its name; its top-level scopes are {', '.join(scopes[:20])}")
+                            f"in its name; its scopes include {', '.join(_scopes(names))}")
     return [name for name in names if any(f in name for f in fragments)]
+
+
+def _scopes(names: list[str], wanted: int = 4, most: int = 20) -> list[str]:
+    """The first scope level with at least ``wanted`` scopes (an exported OOD model wraps the network
+    in scopes of its own: /tap/model/s4/...), to show what a fragment could be."""
+    for depth in range(2, 8):
+        scopes = sorted({"/".join(name.split("/")[:depth]) + "/" for name in names if name.count("/") > depth})
+        if len(scopes) >= wanted:
+            return scopes[:most]
+    return scopes[:most]
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,

@@ -296,7 +296,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from bmengine.training.ood import head_nodes, unquantise_head_inputs
+    from bmengine.training.ood import head_nodes, unquantise_inputs
 
     pre = int8_path.with_name(int8_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
@@ -314,7 +314,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
                         nodes_to_exclude=excluded,
                         extra_options={**TENSORRT_QDQ_OPTIONS, **CALIBRATION_METHODS[calibration][1]})
         if excluded:
-            unquantise_head_inputs(tmp, excluded)
+            unquantise_inputs(tmp, excluded)
         float_graph_outputs(tmp)
         tmp.replace(int8_path)
     finally:

@@ -216,8 +216,9 @@ def head_nodes(graph) -> list[str]:
 FEATURE_PATH_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "GlobalAveragePool")
 
 
-def unquantise_head_inputs(model_path, head: list[str]) -> int:
-    """After static QDQ quantisation, the OOD head's input may be the Q->DQ'd copy of the features
+def unquantise_inputs(model_path, fp32_nodes: list[str]) -> int:
+    """After static QDQ quantisation, an excluded node's input (the OOD head's, or that of a node kept
+    fp32 by ``--int8-keep-fp32``) may be the Q->DQ'd copy of the features
     (ONNX Runtime re-wires every consumer of a quantised tensor), directly or through pooling and layout ops
     outside the head; feed it the float tensor again (float copies of the ops on the way where there
     are some), so the head is fp32 end to end. Why it matters: the int8 range is calibrated on training
@@ -232,7 +233,7 @@ def unquantise_head_inputs(model_path, head: list[str]) -> int:
         nodes.append(onnx.NodeProto())
         nodes[-1].CopyFrom(original)
     producer = {out: node for node in nodes for out in node.output}
-    head = set(head)
+    head = set(fp32_nodes)  # the OOD head, and any other node kept fp32
 
     copies: dict[str, str] = {}  # tensor -> its float copy, made once
 

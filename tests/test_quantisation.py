@@ -129,3 +129,19 @@ def test_export_refuses_a_keep_fp32_fragment_that_names_no_node_and_leaves_nothi
     assert "/s4/" in done.stderr  # the scopes it does have, to pick from
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_export_refuses_keep_fp32_without_an_int8_model(trained_run, tmp_path):
+    """``--int8-keep-fp32`` with ``--no-int8`` would be silently ignored: refused before anything is written."""
+    import subprocess
+
+    from conftest import BMENGINE
+
+    out = tmp_path / "plain.onnx"
+    done = subprocess.run(BMENGINE + ["export", str(trained_run.parents[1] / "checkpoints" / "last.pt"), "--out",
+                                      str(out), "--no-int8", "--int8-keep-fp32", "/s4/"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "--int8-keep-fp32 shapes the int8 model, which --no-int8 leaves out" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.iterdir())

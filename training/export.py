@@ -86,6 +86,8 @@ class ExportConfig:
             raise ValueError(f"--ood-score {self.ood_score!r}: choose one of {', '.join(OOD_SCORES)}")
         if any(not fragment.strip() for fragment in self.int8_keep_fp32):
             raise ValueError("--int8-keep-fp32: an empty fragment would match every node")
+        if self.int8_keep_fp32 and not self.int8:  # an option that would do nothing is a mistake, not a no-op
+            raise ValueError("--int8-keep-fp32 shapes the int8 model, which --no-int8 leaves out: drop one of them")
         if not 0 < self.false_flag_rate <= 0.5:
             raise ValueError(f"--false-flag-rate must be in (0, 0.5], not {self.false_flag_rate}")
 

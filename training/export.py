@@ -413,6 +413,8 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
             # the augmentation recipe (models trained before it was recorded used the basic one)
             "augmentation": state.get("augmentation") or {"preset": cfg.get("augment", "basic"),
                                                           "options": cfg.get("augment_options", {})},
+            # weights on the line between two checkpoints (training/interpolate.py): which, and where
+            **({"interpolated": state["interpolated"]} if state.get("interpolated") else {}),
             **extra.get("training", {}),
         },
         metrics=extra.get("metrics", {}),

@@ -161,6 +161,23 @@ def predict(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, batch_
     return np.concatenate(probs)
 
 
+class InitWeightsError(ValueError):
+    """``--init-from`` names weights that cannot start this run; nothing was trained."""
+
+
+def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> dict:
+    """The weights of the checkpoint a run starts from, refused with the reason when they cannot fit
+    this run's network (another backbone, size or class list) rather than with a tensor-shape dump."""
+    state = load_checkpoint(path, require=("model",))
+    theirs = state.get("model_spec")
+    if theirs is not None and (theirs.get("backbone"), theirs.get("attention")) != (spec.backbone, spec.attention):
+        raise InitWeightsError(f"--init-from {path}: a {theirs.get('backbone')} + {theirs.get('attention')} model; "
+                         f"this run builds {spec.backbone} + {spec.attention} (match --backbone and --attention)")
+    if state.get("classes") is not None and tuple(state["classes"]) != tuple(classes):
+        raise InitWeightsError(f"--init-from {path}: its classes {list(state['classes'])} are not this run's {list(classes)}")
+    return state["model"]
+
+
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train to ``cfg.epochs``; returns the final summary also written to ``RUN_DIR/summary.json``."""
     torch.set_num_threads(cfg.threads)
@@ -207,7 +224,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
     if cfg.init_from and not (resume and last.is_file()):  # a resumed fine-tune continues its own weights
-        model.load_state_dict(load_checkpoint(Path(cfg.init_from))["model"])
+        try:
+            model.load_state_dict(_init_weights(Path(cfg.init_from), spec, classes))
+        except RuntimeError as err:  # e.g. an attention model's position tables at another --crop
+            first = str(err).strip().splitlines()[-1].strip()
+            raise InitWeightsError(f"--init-from {cfg.init_from}: its weights do not fit this run's network ({first})") from None
         log(f"starting from the weights of {cfg.init_from}")
         start_report = classification_report(dataset.labels[val_idx], predict(model, images[val_idx], cfg),
                                              list(classes), taxonomy=get_taxonomy(taxonomy))

@@ -14,6 +14,7 @@ from bmengine.engine.cli import (
     export_cmd,
     finetune_cmd,
     ingest_cmd,
+    interpolate_cmd,
     report_cmd,
     run_cmd,
     samples_cmd,
@@ -36,7 +37,7 @@ def _root() -> None:
 
 
 for module in (ingest_cmd, run_cmd, report_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
-               compile_cmd, ablate_cmd, explain_cmd, finetune_cmd):
+               compile_cmd, ablate_cmd, explain_cmd, finetune_cmd, interpolate_cmd):
     module.register(app)
 
 

@@ -47,6 +47,11 @@ def train(
                                               "blur/noise/JPEG; see docs/training.md).")] = "basic",
     augment_opt: Annotated[Optional[list[str]], typer.Option(help="Override one augmentation field, KEY=VALUE, repeatable "
                                                                   "(e.g. zoom_range=0.7,2.2 hue=90 jpeg_p=0.5).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        help="Start from this checkpoint's weights (same backbone and classes), e.g. a short clean-augmentation "
+             "pass over a cross-lab model; see docs/training.md.")] = None,
+    warmup_epochs: Annotated[float, typer.Option(
+        min=0.0, help="Linear learning-rate warm-up, in epochs (0 when continuing from --init-from weights).")] = 0.5,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
@@ -74,15 +79,25 @@ def train(
         raise typer.BadParameter(str(exc).strip('"')) from None
     if data_dir is None or out is None:
         raise typer.BadParameter("give DATA_DIR and --out RUN_DIR (or --list to see the catalogue)")
+    if init_from is not None and not init_from.is_file():
+        raise typer.BadParameter(f"{init_from}: checkpoint not found", param_hint="--init-from")
     cfg = TrainConfig(
         data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
         loss=loss, sampler=sampler, balance_to=balance_to,
         hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
         max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
-        augment=augment, augment_options=augment_options,
+        augment=augment, augment_options=augment_options, warmup_epochs=warmup_epochs,
+        init_from=str(init_from) if init_from else None,
     )
-    summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
+    from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.trainer import InitWeightsError
+
+    try:
+        summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
+    except (UnsafeCheckpointError, InitWeightsError) as err:  # --init-from weights that cannot start this run
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")
 
 

@@ -84,6 +84,9 @@ def test_interpolated_weights_lie_between_and_export_records_where_they_came_fro
     record = card["training"]["interpolated"]
     assert record["alpha"] == 0.25 and record["base"]["checkpoint"] == str(base)
     assert len(record["tuned"]["sha256"]) == 64
+    assert record["base"]["epochs"] == 2 and record["tuned"]["epochs"] == 1  # both passes, not only the last
+    assert "--init-from" in record["tuned"]["command"] and " interpolate " in card["training"]["command"]
+    assert "--alpha 0.25" in card["training"]["command"]
     assert card["metrics"]["validation"]["n"] == len(json.loads((tuned.parents[1] / "split.json").read_text())["val"])
 
 

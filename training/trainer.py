@@ -172,7 +172,7 @@ def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> dict
     theirs = state.get("model_spec")
     if theirs is not None and (theirs.get("backbone"), theirs.get("attention")) != (spec.backbone, spec.attention):
         raise InitWeightsError(f"--init-from {path}: a {theirs.get('backbone')} + {theirs.get('attention')} model; "
-                         f"this run builds {spec.backbone} + {spec.attention} (match --backbone and --attention)")
+                               f"this run builds {spec.backbone} + {spec.attention} (match --backbone and --attention)")
     if state.get("classes") is not None and tuple(state["classes"]) != tuple(classes):
         raise InitWeightsError(f"--init-from {path}: its classes {list(state['classes'])} are not this run's {list(classes)}")
     return state["model"]

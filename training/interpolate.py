@@ -9,7 +9,6 @@ reads like any other: the tuned run's split, config and history, and where the w
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 
 from bmengine.engine.model.card import sha256_of
 from bmengine.training.checkpoint import load_checkpoint
-from bmengine.training.trainer import command_line
+from bmengine.training.trainer import _save, command_line
 
 INTERPOLATE_KEYS = ("model", "model_spec", "config", "classes", "taxonomy", "epoch", "history")
 
@@ -81,10 +80,6 @@ def interpolate(cfg: InterpolateConfig) -> Path:
     for stale in ("optimizer", "val_report", "best_macro_f1"):  # described the tuned weights, not these
         state.pop(stale, None)
     out = Path(cfg.out) / "checkpoints" / "last.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".pt.partial")
-    torch.save(state, partial)
-    partial.replace(out)
+    _save(state, out)  # atomic, as every trainer checkpoint; the card carries state["interpolated"]
     shutil.copyfile(split, Path(cfg.out) / "split.json")
-    (Path(cfg.out) / "interpolated.json").write_text(json.dumps(state["interpolated"], indent=2))
     return out

@@ -44,7 +44,8 @@ test: $(TRAIN_STAMP)
 ## the cross-lab augmentation on half of each batch (about 70 min on 2 AMD EPYC cores), 2 clean epochs from those
 ## weights at a tenth of the learning rate (about 15 min), and the weights half-way between the two (WiSE-FT;
 ## benchmarks/results/cross-lab-recipes.md); export: symmetric int8 (TensorRT-ready) of its convolutions,
-## percentile calibration, OOD head and temperature in the card
+## percentile calibration, OOD head and temperature in the card, and the weights in half precision beside it
+## (what `bmengine finetune MODEL.onnx` starts from)
 default-model: $(TRAIN_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone coatnet_0 --attention none \
 		--loss cost_sensitive --epochs 10 --batch-size 64 --lr 2e-3 --resize 144 --crop 128 --seed 0 \
@@ -55,11 +56,11 @@ default-model: $(TRAIN_STAMP)
 	$(BMENGINE) interpolate $(RUN_DIR)/checkpoints/last.pt $(CLEAN_RUN_DIR)/checkpoints/last.pt --alpha 0.5 \
 		--out $(WISE_RUN_DIR)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) export $(WISE_RUN_DIR)/checkpoints/last.pt --out $(EXPORT) \
-		--name pbc-coatnet0-cs-crosslab-wise
-	rm -f engine/assets/models/*.onnx engine/assets/models/*.card.json  # one default model ships
+		--name pbc-coatnet0-cs-crosslab-wise --with-checkpoint
+	rm -f engine/assets/models/*.onnx engine/assets/models/*.card.json engine/assets/models/*.pt  # one default ships
 	mkdir -p engine/assets/models  # only the int8 model ships (size); its card records fp32 too
 	cp $(WISE_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx $(WISE_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx.card.json \
-		engine/assets/models/
+		$(WISE_RUN_DIR)/export/pbc_coatnet0_cs.checkpoint.pt engine/assets/models/  # .pt: what finetune starts from
 
 ## fast-model: the previous default, RegNetX-3.2GF + SE + cost-sensitive at 112 px: 0.3-1.3 points of
 ## macro-F1 below the default (two seeds), 3x its speed on a CPU (about 22 min); written to $(FAST_RUN_DIR)/export

@@ -15,8 +15,8 @@ from cli_helpers import bmengine
 pytest.importorskip("torch", reason="fine-tuning needs the [train] extra")
 
 
-def test_finetune_on_another_labs_folders_records_both_validation_sets(trained_run, tmp_path):
-    checkpoint = trained_run.parents[1] / "checkpoints" / "last.pt"
+def _lab(tmp_path: Path) -> tuple[Path, Path]:
+    """Another lab's crops (16 real tecom crops) under its own folder names, and the label map for them."""
     lab = tmp_path / "lab"
     for name, cls in (("Neutro", "neutrophil"), ("Lympho", "lymphocyte")):  # the lab's names, not the model's
         (lab / name).mkdir(parents=True)
@@ -25,6 +25,12 @@ def test_finetune_on_another_labs_folders_records_both_validation_sets(trained_r
     (lab / "_masks").mkdir()
     label_map = tmp_path / "map.csv"
     label_map.write_text("source,model_class\nNeutro,neutrophil\nLympho,lymphocyte\n_masks,\n")
+    return lab, label_map
+
+
+def test_finetune_on_another_labs_folders_records_both_validation_sets(trained_run, tmp_path):
+    checkpoint = trained_run.parents[1] / "checkpoints" / "last.pt"
+    lab, label_map = _lab(tmp_path)
 
     refused = bmengine("finetune", checkpoint, lab, "--out", tmp_path / "bad")
     assert refused.returncode == 2 and "Neutro" in refused.stderr and "--label-map" in refused.stderr
@@ -51,6 +57,59 @@ def test_finetune_on_another_labs_folders_records_both_validation_sets(trained_r
     assert scored.returncode == 0 and json.loads(scored.stdout)["n"] == 16
 
 
+def test_an_exported_model_is_finetuned_from_the_checkpoint_shipped_beside_it(trained_run, tiny_model, tmp_path):
+    """What a lab has on a fresh clone: the exported model, not its run folder. `export --with-checkpoint`
+    puts a half-precision checkpoint beside the model; `finetune MODEL.onnx` starts from it (checked
+    against the card's sha256) and draws the base run's split again for replay."""
+    import torch
+
+    checkpoint = trained_run.parents[1] / "checkpoints" / "last.pt"
+    model = tmp_path / "models" / "m.onnx"
+    exported = bmengine("export", checkpoint, "--out", model, "--no-int8", "--no-ood", "--no-calibrate",
+                        "--no-evaluate", "--with-checkpoint", timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    beside = model.with_name("m.checkpoint.pt")
+    record = json.loads(model.with_name("m.onnx.card.json").read_text())["training"]["checkpoint"]
+    assert record["file"] == str(checkpoint) and record["beside_model"]["file"] == beside.name
+    original, copy = (torch.load(p, weights_only=True) for p in (checkpoint, beside))
+    assert "optimizer" in original and "optimizer" not in copy and copy["classes"] == original["classes"]
+    for key, weight in original["model"].items():
+        if weight.is_floating_point():  # half precision: within 2^-11 of each weight (plus subnormal rounding)
+            assert copy["model"][key].dtype == torch.float16
+            assert torch.allclose(copy["model"][key].float(), weight, rtol=2.0**-11, atol=1e-7), key
+        else:
+            assert torch.equal(copy["model"][key], weight)
+
+    lab, label_map = _lab(tmp_path)
+    card_file = model.with_name("m.onnx.card.json")  # the run is gone, as on a fresh clone
+    card = json.loads(card_file.read_text())
+    card["training"]["checkpoint"]["file"] = str(tmp_path / "gone" / "checkpoints" / "last.pt")
+    card_file.write_text(json.dumps(card))
+    good = beside.read_bytes()
+    beside.write_bytes(good + b"x")
+    refused = bmengine("finetune", model, lab, "--out", tmp_path / "bad", "--label-map", label_map)
+    assert refused.returncode == 2 and "has changed since the export" in refused.stderr
+    assert "gone/checkpoints/last.pt is not on this machine" in refused.stderr and not (tmp_path / "bad").exists()
+    old_card = bmengine("finetune", tiny_model, lab, "--out", tmp_path / "bad", "--label-map", label_map)
+    assert old_card.returncode == 2 and "does not name the checkpoint" in old_card.stderr
+
+    beside.write_bytes(good)
+    result = bmengine("finetune", model, lab, "--out", tmp_path / "run", "--label-map", label_map, "--epochs", "1",
+                      timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"fine-tuning its checkpoint {beside}" in result.stderr
+    tuned = json.loads((tmp_path / "run" / "export" / "run_int8.onnx.card.json").read_text())
+    origin = tuned["training"]["finetuned_from"]
+    assert origin["model"] == str(model) and origin["checkpoint"] == str(beside)
+    # no split.json beside the shipped copy: the base split is drawn again, and it is the trainer's own
+    assert "split drawn again" in origin["replay"]["from"]
+    assert len(origin["replay"]["per_class"]) == len(tuned["classes"])
+    base_split = json.loads((trained_run.parents[1] / "split.json").read_text())
+    trained_on = json.loads((tmp_path / "run" / "split.json").read_text())["train"]
+    replayed = {f for f in trained_on if "lab-data" not in f}
+    assert len(replayed) == origin["replay"]["n"] and replayed <= set(base_split["train"])
+
+
 def _base_run(tmp_path, per_class_files: int = 6):
     """A base run's split.json over real PBC crops in a nested class-per-folder layout."""
     from conftest import pbc_files
@@ -74,7 +133,8 @@ def test_replay_takes_base_training_crops_of_each_class_by_top_folder(tmp_path):
     classes = ("basophil", "lymphocyte", "neutrophil", "platelet")
     data, split, train, val = _base_run(tmp_path)
     Path(train[0]).unlink()  # gone since the base run: skipped, not an error
-    replay = select_replay(split, data, classes, per_class=3, seed=0)
+    listed = [Path(p) for p in json.loads(split.read_text())["train"]]
+    replay = select_replay(listed, str(split), data, classes, per_class=3, seed=0)
     chosen = [str(f) for f in replay.files]
     assert set(chosen) <= set(train[1:]) and not set(chosen) & set(val)
     assert sorted(classes[i] for i in set(replay.labels)) == ["lymphocyte", "neutrophil", "platelet"]
@@ -83,7 +143,7 @@ def test_replay_takes_base_training_crops_of_each_class_by_top_folder(tmp_path):
     again = read_replay(write_replay(replay, classes, tmp_path / "replay.json"), classes)
     assert again.files == replay.files and (again.labels == replay.labels).all()
     with pytest.raises(FileNotFoundError, match="split.json"):
-        select_replay(split, tmp_path / "elsewhere", classes, per_class=3, seed=0)
+        select_replay(listed, str(split), tmp_path / "elsewhere", classes, per_class=3, seed=0)
 
 
 def test_with_replay_keeps_validation_and_gives_the_lab_half_of_training():

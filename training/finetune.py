@@ -2,11 +2,12 @@
 
 Published cross-site work (Chossegros et al. 2024) reached > 80% on every target set with colour
 standardisation plus fine-tuning on <= 100 labelled target images. ``bmengine finetune`` starts
-from a trainer checkpoint, trains on the lab's class-per-folder crops (folder names mapped to the
-model's classes with ``--label-map``) with a stratified part held out, exports ONNX with a card,
-and records in that card both validation sets: the lab's held-out crops and the original
-training data's validation split (when its folder is still there), so a lab sees what it gained
-and what it may have lost.
+from a trainer checkpoint, or from an exported model through the checkpoint its card names (the
+shipped default carries a half-precision copy beside it), trains on the lab's class-per-folder
+crops (folder names mapped to the model's classes with ``--label-map``) with a stratified part
+held out, exports ONNX with a card, and records in that card both validation sets: the lab's
+held-out crops and the original training data's validation split (when its folder is still
+there), so a lab sees what it gained and what it may have lost.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 from bmengine.training.checkpoint import load_checkpoint
-from bmengine.training.trainer import TrainConfig, _limit, train
+from bmengine.training.trainer import TrainConfig, train
 
 
 @dataclass
 class FinetuneConfig:
-    checkpoint: Path  # the trainer checkpoint the model was exported from
+    checkpoint: Path  # the trainer checkpoint the model was exported from (checkpoint_of resolves a model file)
     data_dir: Path  # the lab's crops, one folder per label
     run_dir: Path
     label_map: Path | None = None
@@ -35,6 +36,7 @@ class FinetuneConfig:
     train_per_class: int | None = None  # train on at most this many of the lab's crops per class (learning curves)
     seed: int = 0
     name: str | None = None
+    model: Path | None = None  # the exported model named on the command line, when it was one
 
 
 def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_map) -> Path:
@@ -62,9 +64,59 @@ def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_ma
     return view
 
 
+class BaseModelNotFoundError(FileNotFoundError):
+    """An exported model whose card names no checkpoint, or none that is on this machine unchanged."""
+
+
+def checkpoint_of(model: Path) -> Path:
+    """The trainer checkpoint to fine-tune: ``model`` itself, or, for an exported model (``.onnx``),
+    the checkpoint its card names: the half-precision copy shipped beside the model (so the shipped
+    default can be fine-tuned on a fresh clone), else the run's own file where it still is. Each
+    must match the card's sha256: weights that changed since the export are not this model's."""
+    from bmengine.engine.model.card import load_card, sha256_of
+
+    model = Path(model)
+    if model.suffix.lower() != ".onnx":
+        return model
+    record = load_card(model).training.get("checkpoint")
+    if not record:
+        raise BaseModelNotFoundError(f"{model}: its card does not name the checkpoint it was exported from (an "
+                                     "export before bmengine recorded it); pass RUN/checkpoints/last.pt instead")
+    candidates = [(model.parent / record["beside_model"]["file"], record["beside_model"]["sha256"])] \
+        if record.get("beside_model") else []
+    candidates.append((Path(record["file"]), record["sha256"]))
+    tried = []
+    for path, sha256 in candidates:
+        if not path.is_file():
+            tried.append(f"{path} is not on this machine")
+        elif sha256_of(path) != sha256:
+            tried.append(f"{path} has changed since the export (sha256 is not the card's {sha256[:12]}…)")
+        else:
+            return path
+    raise BaseModelNotFoundError(f"{model}: no checkpoint to fine-tune from: {'; '.join(tried)}")
+
+
 def base_split(checkpoint: Path) -> Path:
     """The base run's ``split.json``: ``RUN/checkpoints/last.pt`` -> ``RUN/split.json``."""
     return Path(checkpoint).resolve().parents[1] / "split.json"
+
+
+def base_training_files(checkpoint: Path, base: dict, classes: tuple[str, ...]) -> tuple[list[Path], str]:
+    """The base run's training crops and where the list came from: its ``split.json``, or for a
+    checkpoint without its run folder (the copy shipped beside a model) the split drawn again from
+    the base data folder with the run's own settings, as the trainer drew it."""
+    from bmengine.training.trainer import drawn_split
+
+    split = base_split(checkpoint)
+    if split.is_file():
+        return [Path(p) for p in json.loads(split.read_text())["train"]], str(split)
+    data_dir = Path(base["data_dir"])
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"neither {split} nor the base run's data folder {data_dir} is on this machine")
+    data, train_idx, _ = drawn_split(data_dir, classes, base.get("limit_per_class"), float(base["val_fraction"]),
+                                     int(base["seed"]))
+    source = f"{data_dir}, split drawn again (seed {base['seed']}, val_fraction {base['val_fraction']})"
+    return [data.files[i] for i in train_idx], source
 
 
 def _replay_file(cfg: FinetuneConfig, base: dict, classes: tuple[str, ...], log: Callable[[str], None]) -> Path | None:
@@ -77,8 +129,8 @@ def _replay_file(cfg: FinetuneConfig, base: dict, classes: tuple[str, ...], log:
         stale.unlink(missing_ok=True)  # an earlier run in this folder must not be reported as this one's replay
         return None
     try:
-        replay = select_replay(base_split(cfg.checkpoint), Path(base["data_dir"]), classes, cfg.replay_per_class,
-                               cfg.seed)
+        files, source = base_training_files(cfg.checkpoint, base, classes)
+        replay = select_replay(files, source, Path(base["data_dir"]), classes, cfg.replay_per_class, cfg.seed)
     except (FileNotFoundError, KeyError, ValueError) as err:
         log(f"warning: no replay ({err}); the fine-tuned model may forget classes the lab did not label")
         stale.unlink(missing_ok=True)
@@ -137,11 +189,12 @@ def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: C
     from bmengine.engine.backends import BackendOptions, load_backend
     from bmengine.engine.evaluate import evaluate_files
     from bmengine.engine.model.card import load_card, sha256_of, write_card
-    from bmengine.training.dataset import ImageFolder, stratified_split
+    from bmengine.training.trainer import drawn_split
 
     card = load_card(model_path)
     base = base_state["config"]
-    card.training["finetuned_from"] = {"checkpoint": str(cfg.checkpoint), "sha256": sha256_of(cfg.checkpoint),
+    card.training["finetuned_from"] = {"model": str(cfg.model) if cfg.model else None,
+                                       "checkpoint": str(cfg.checkpoint), "sha256": sha256_of(cfg.checkpoint),
                                        "lab_data": str(cfg.data_dir),
                                        "label_map": str(cfg.label_map) if cfg.label_map else None,
                                        "replay": _replay_record(Path(cfg.run_dir) / "replay.json")}
@@ -153,8 +206,8 @@ def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: C
                                                       "scored_by": "trainer (PyTorch, fp32) on the same held-out crops"}
     data_dir = Path(base.get("data_dir", ""))
     if data_dir.is_dir():
-        data = _limit(ImageFolder.scan(data_dir, tuple(card.classes)), base.get("limit_per_class"), int(base["seed"]))
-        _, val = stratified_split(data.labels, float(base["val_fraction"]), int(base["seed"]))  # as the trainer drew it
+        data, _, val = drawn_split(data_dir, tuple(card.classes), base.get("limit_per_class"),
+                                   float(base["val_fraction"]), int(base["seed"]))
         backend = load_backend(model_path, BackendOptions())
         report = evaluate_files(backend, [data.files[i] for i in val], data.labels[val])
         card.metrics["base_validation"] = {k: report[k] for k in ("n", "accuracy", "macro_f1", "per_class_f1")}

@@ -27,17 +27,18 @@ class ReplaySet:
     source: str  # where they came from, for the log and the card
 
 
-def select_replay(split_json: Path, data_dir: Path, classes: tuple[str, ...], per_class: int, seed: int) -> ReplaySet:
-    """Up to ``per_class`` crops of each class from the ``train`` list of a base run's ``split.json``.
+def select_replay(train_files: list[Path], source: str, data_dir: Path, classes: tuple[str, ...], per_class: int,
+                  seed: int) -> ReplaySet:
+    """Up to ``per_class`` crops of each class from a base run's training crops (``source`` says where
+    the list came from: its ``split.json``, or the split drawn again from its data folder).
 
     A crop's class is its top folder under the base run's ``data_dir`` (the trainer's
     class-per-folder layout, nested folders allowed). Files that are gone are skipped; raises
     ``FileNotFoundError`` when none of the list is on this machine (relative paths are read from the
     current directory, as the trainer wrote them).
     """
-    listed = [Path(p) for p in json.loads(Path(split_json).read_text())["train"]]
     by_class: dict[int, list[Path]] = {}
-    for path in listed:
+    for path in map(Path, train_files):
         try:
             top = path.relative_to(data_dir).parts[0]
         except ValueError:
@@ -45,7 +46,7 @@ def select_replay(split_json: Path, data_dir: Path, classes: tuple[str, ...], pe
         if top in classes and path.is_file():
             by_class.setdefault(classes.index(top), []).append(path)
     if not by_class:
-        raise FileNotFoundError(f"{split_json}: none of its {len(listed)} training crops is under {data_dir} "
+        raise FileNotFoundError(f"{source}: none of its {len(train_files)} training crops is under {data_dir} "
                                 "on this machine (paths are relative to where the base run was trained)")
     rng = np.random.default_rng(seed)
     files: list[Path] = []
@@ -54,7 +55,7 @@ def select_replay(split_json: Path, data_dir: Path, classes: tuple[str, ...], pe
         chosen = rng.permutation(len(by_class[label]))[:per_class]
         files += [by_class[label][i] for i in sorted(chosen)]
         labels += [label] * len(chosen)
-    return ReplaySet(tuple(files), np.asarray(labels, dtype=np.int64), str(split_json))
+    return ReplaySet(tuple(files), np.asarray(labels, dtype=np.int64), source)
 
 
 def write_replay(replay: ReplaySet, classes: tuple[str, ...], path: Path) -> Path:

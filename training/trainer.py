@@ -106,6 +106,15 @@ def _limit(dataset: ImageFolder, per_class: int | None, seed: int) -> ImageFolde
     return ImageFolder(dataset.root, dataset.classes, tuple(dataset.files[i] for i in keep), dataset.labels[keep])
 
 
+def drawn_split(data_dir: Path, classes: tuple[str, ...], limit_per_class: int | None, val_fraction: float,
+                seed: int) -> tuple[ImageFolder, np.ndarray, np.ndarray]:
+    """The crops of ``data_dir`` and the train/validation indices a run with these settings draws: the
+    trainer's own split, drawn again wherever a run's ``split.json`` is not at hand."""
+    dataset = _limit(ImageFolder.scan(Path(data_dir), classes), limit_per_class, seed)
+    train_idx, val_idx = stratified_split(dataset.labels, val_fraction, seed)
+    return dataset, train_idx, val_idx
+
+
 def _limit_indices(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """At most ``per_class`` of ``indices`` per label, drawn with ``seed``; sorted."""
     rng = np.random.default_rng(seed)
@@ -188,8 +197,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
     taxonomy = resolve_taxonomy(ImageFolder.scan(Path(cfg.data_dir)).classes, cfg.taxonomy)
     classes = get_taxonomy(taxonomy).classes  # label order is the taxonomy's, not the folders'
-    dataset = _limit(ImageFolder.scan(Path(cfg.data_dir), classes), cfg.limit_per_class, cfg.seed)
-    train_idx, val_idx = stratified_split(dataset.labels, cfg.val_fraction, cfg.seed)
+    dataset, train_idx, val_idx = drawn_split(Path(cfg.data_dir), classes, cfg.limit_per_class, cfg.val_fraction,
+                                              cfg.seed)
     if cfg.train_limit_per_class is not None:
         train_idx = _limit_indices(train_idx, dataset.labels, cfg.train_limit_per_class, cfg.seed)
     if cfg.replay_from:

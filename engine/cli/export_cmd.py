@@ -41,6 +41,10 @@ def export(
     decode_device: Annotated[str, typer.Option(
         help="Where the int8 calibration and OOD-fit crops are decoded: auto (the GPU's nvJPEG where "
              "there is one), cpu or gpu.")] = "auto",
+    with_checkpoint: Annotated[bool, typer.Option(
+        help="Also write <stem>.checkpoint.pt beside the model: its weights in half precision, without "
+             "optimiser state, so `bmengine finetune MODEL.onnx` works where the training run is not (the "
+             "shipped default carries one).")] = False,
 ) -> None:
     """Export ONNX with a model card (classes, taxonomy, preprocessing, metrics, sha256)."""
     from bmengine.training.export import ExportConfig, export as run_export
@@ -52,7 +56,8 @@ def export(
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
                            name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
                            false_flag_rate=false_flag_rate, ood_score=ood_score, calibrate=calibrate,
-                           fp16=fp16, decode_device=decode_device, int8_keep_fp32=tuple(int8_keep_fp32 or ()))
+                           fp16=fp16, decode_device=decode_device, int8_keep_fp32=tuple(int8_keep_fp32 or ()),
+                           with_checkpoint=with_checkpoint)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

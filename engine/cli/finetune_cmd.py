@@ -11,7 +11,9 @@ from bmengine.engine.cli.options import LabelMapOption, SeedOption
 
 
 def finetune(
-    checkpoint: Annotated[Path, typer.Argument(help="Trainer checkpoint of the model (RUN/checkpoints/last.pt).")],
+    model: Annotated[Path, typer.Argument(help="The model to adapt: an exported .onnx whose card names its "
+                                          "checkpoint (the shipped default carries one beside it), or a trainer "
+                                          "checkpoint (RUN/checkpoints/last.pt).")],
     data_dir: Annotated[Path, typer.Argument(help="The lab's labelled crops, one folder per label.")],
     out: Annotated[Path, typer.Option("--out", help="Run folder for the fine-tuned model.")],
     label_map: LabelMapOption = None,
@@ -28,23 +30,29 @@ def finetune(
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
 ) -> None:
-    """Train CHECKPOINT further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
+    """Train MODEL further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
     lab's held-out score and the original validation split's."""
     from bmengine.engine.labels import LabelMapError
+    from bmengine.engine.model.card import ModelCardError
     from bmengine.training.checkpoint import UnsafeCheckpointError
-    from bmengine.training.finetune import FinetuneConfig, finetune as run_finetune
+    from bmengine.training.finetune import BaseModelNotFoundError, FinetuneConfig, checkpoint_of
+    from bmengine.training.finetune import finetune as run_finetune
 
-    if not checkpoint.is_file():
-        typer.echo(f"error: {checkpoint}: checkpoint not found (fine-tuning needs the trainer checkpoint a model "
-                   "was exported from, e.g. runs/default-cross-lab/checkpoints/last.pt from `make default-model`)",
+    if not model.is_file():
+        typer.echo(f"error: {model}: model not found (fine-tuning starts from an exported .onnx whose card names "
+                   "its checkpoint, such as the shipped default, or from a trainer checkpoint RUN/checkpoints/last.pt)",
                    err=True)
         raise typer.Exit(2)
-    cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
-                         val_fraction=val_fraction, seed=seed, name=name,
-                         replay_per_class=replay, train_per_class=train_per_class)
     try:
+        checkpoint = checkpoint_of(model)
+        cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
+                             val_fraction=val_fraction, seed=seed, name=name, replay_per_class=replay,
+                             train_per_class=train_per_class, model=model if checkpoint != model else None)
+        if checkpoint != model:
+            typer.echo(f"{model}: fine-tuning its checkpoint {checkpoint}", err=True)
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))
-    except (UnsafeCheckpointError, LabelMapError, ValueError, FileNotFoundError) as err:
+    except (UnsafeCheckpointError, LabelMapError, ModelCardError, BaseModelNotFoundError, ValueError,
+            FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for precision, path in paths.items():

@@ -75,6 +75,20 @@ def _default_model() -> str:
     return f"{DEFAULT_MODEL.name}: {card.name}, {len(card.classes)} classes, sha256 {card.weights_sha256[:12]}…"
 
 
+def _finetune_checkpoint() -> str:
+    """The shipped default's half-precision checkpoint: a wheel leaves it out, a clone has it."""
+    from bmengine.engine.assets import DEFAULT_MODEL
+    from bmengine.engine.model.card import load_card, sha256_of
+
+    record = load_card(DEFAULT_MODEL).training["checkpoint"]["beside_model"]
+    path = DEFAULT_MODEL.parent / record["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not here (an install from a wheel leaves it out: use a clone)")
+    if sha256_of(path) != record["sha256"]:
+        raise ValueError(f"{path} is not the file the card names (sha256 differs)")
+    return f"{path.name}, {path.stat().st_size / 2**20:.0f} MiB, sha256 as in the card"
+
+
 def _triton() -> str:
     import triton
 
@@ -103,6 +117,8 @@ CHECKS: dict[str, tuple[str, Callable[[], str]]] = {
     "onnxruntime": ("ONNX models (.onnx) on the CPU", _onnxruntime),
     "dali-cpu": ("DALI decode/resize/normalise on the CPU", _dali_cpu),
     "default-model": ("shipped default model and its card", _default_model),
+    "finetune-checkpoint": ("`bmengine finetune` of the shipped default (its weights beside it)",
+                            _finetune_checkpoint),
     "cuda": ("a CUDA GPU", _cuda_gpus),
     "dali-gpu": ("DALI on the GPU (nvJPEG)", _dali_gpu),
     "tensorrt": ("TensorRT engines (.plan), [gpu] extra", _version("tensorrt")),

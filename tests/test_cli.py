@@ -61,6 +61,26 @@ def test_doctor_reports_what_this_machine_runs():
     assert "onnxruntime" in result.stdout and "dali-cpu" in result.stdout and "tensorrt" in result.stdout
 
 
+def test_doctor_checks_the_finetune_checkpoint_against_the_card(tmp_path, monkeypatch):
+    """A clone has the shipped default's checkpoint, matching its card; a copy that differs is named."""
+    import shutil
+
+    from bmengine.engine import assets
+    from bmengine.engine.doctor import check
+
+    assert check("finetune-checkpoint").ok
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / assets.DEFAULT_MODEL.name).symlink_to(assets.DEFAULT_MODEL)
+    shutil.copy(assets.DEFAULT_MODEL.with_name(assets.DEFAULT_MODEL.name + ".card.json"), models)
+    (models / "pbc_coatnet0_cs.checkpoint.pt").write_bytes(b"not the weights")
+    monkeypatch.setattr(assets, "DEFAULT_MODEL", models / assets.DEFAULT_MODEL.name)
+    bad = check("finetune-checkpoint")
+    assert not bad.ok and "sha256 differs" in bad.detail
+    (models / "pbc_coatnet0_cs.checkpoint.pt").unlink()
+    assert "is not here" in check("finetune-checkpoint").detail
+
+
 def test_train_lists_its_parts():
     pytest.importorskip("torch", reason="the catalogue is the [train] extra's")
     result = _run("train", "--list")  # no dataset needed to see the catalogue

@@ -46,8 +46,9 @@ def test_default_model_names_the_checkpoint_finetune_starts_from():
 def test_the_finetune_checkpoint_holds_the_shipped_models_weights(tmp_path):
     """The half-precision checkpoint, run through the torch backend, predicts what the shipped int8
     model predicts on 48 held-out crops (6 per class): a stale or wrong checkpoint would fine-tune
-    some other model. Bounds: int8 and fp32 differ by 0.0005 macro-F1 on 2,399 crops, so at most 2
-    flips in 48 and a mean |dp| under 0.02; another model's weights flip a third of them."""
+    some other model (the sha256 test above only shows the file is the one the card names). Bounds:
+    int8 and fp32 differ by 0.0005 macro-F1 on 2,399 crops, so at most 2 flips in 48 and a mean |dp|
+    under 0.02; untrained weights, or weights loaded into the wrong layers, disagree on most crops."""
     torch = pytest.importorskip("torch", reason="reading the checkpoint needs the [train] extra")
     from bmengine.engine.backends import load_backend
     from bmengine.engine.evaluate import predict_files

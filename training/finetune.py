@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from bmengine.training.checkpoint import load_checkpoint
-from bmengine.training.trainer import TrainConfig, train
+from bmengine.training.trainer import TrainConfig, drawn_split, train
 
 
 @dataclass
@@ -105,8 +105,6 @@ def base_training_files(checkpoint: Path, base: dict, classes: tuple[str, ...]) 
     """The base run's training crops and where the list came from: its ``split.json``, or for a
     checkpoint without its run folder (the copy shipped beside a model) the split drawn again from
     the base data folder with the run's own settings, as the trainer drew it."""
-    from bmengine.training.trainer import drawn_split
-
     split = base_split(checkpoint)
     if split.is_file():
         return [Path(p) for p in json.loads(split.read_text())["train"]], str(split)
@@ -189,7 +187,6 @@ def _record_base(model_path: Path, base_state: dict, cfg: FinetuneConfig, log: C
     from bmengine.engine.backends import BackendOptions, load_backend
     from bmengine.engine.evaluate import evaluate_files
     from bmengine.engine.model.card import load_card, sha256_of, write_card
-    from bmengine.training.trainer import drawn_split
 
     card = load_card(model_path)
     base = base_state["config"]

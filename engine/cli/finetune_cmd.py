@@ -35,7 +35,7 @@ def finetune(
     from bmengine.engine.labels import LabelMapError
     from bmengine.engine.model.card import ModelCardError
     from bmengine.training.checkpoint import UnsafeCheckpointError
-    from bmengine.training.finetune import BaseModelNotFoundError, FinetuneConfig, checkpoint_of
+    from bmengine.training.finetune import FinetuneConfig, checkpoint_of
     from bmengine.training.finetune import finetune as run_finetune
 
     if not model.is_file():
@@ -51,8 +51,8 @@ def finetune(
         if checkpoint != model:
             typer.echo(f"{model}: fine-tuning its checkpoint {checkpoint}", err=True)
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))
-    except (UnsafeCheckpointError, LabelMapError, ModelCardError, BaseModelNotFoundError, ValueError,
-            FileNotFoundError) as err:
+    except (UnsafeCheckpointError, LabelMapError, ModelCardError, ValueError,
+            FileNotFoundError) as err:  # FileNotFoundError includes checkpoint_of's BaseModelNotFoundError
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for precision, path in paths.items():

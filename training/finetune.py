@@ -73,26 +73,20 @@ def checkpoint_of(model: Path) -> Path:
     the checkpoint its card names: the half-precision copy shipped beside the model (so the shipped
     default can be fine-tuned on a fresh clone), else the run's own file where it still is. Each
     must match the card's sha256: weights that changed since the export are not this model's."""
-    from bmengine.engine.model.card import load_card, sha256_of
+    from bmengine.engine.model.card import exported_from, load_card, named_file_problem
 
     model = Path(model)
     if model.suffix.lower() != ".onnx":
         return model
-    record = load_card(model).training.get("checkpoint")
-    if not record:
+    candidates = exported_from(model, load_card(model))
+    if not candidates:
         raise BaseModelNotFoundError(f"{model}: its card does not name the checkpoint it was exported from (an "
                                      "export before bmengine recorded it); pass RUN/checkpoints/last.pt instead")
-    candidates = [(model.parent / record["beside_model"]["file"], record["beside_model"]["sha256"])] \
-        if record.get("beside_model") else []
-    candidates.append((Path(record["file"]), record["sha256"]))
     tried = []
     for path, sha256 in candidates:
-        if not path.is_file():
-            tried.append(f"{path} is not on this machine")
-        elif sha256_of(path) != sha256:
-            tried.append(f"{path} has changed since the export (sha256 is not the card's {sha256[:12]}…)")
-        else:
+        if not (problem := named_file_problem(path, sha256)):
             return path
+        tried.append(problem)
     raise BaseModelNotFoundError(f"{model}: no checkpoint to fine-tune from: {'; '.join(tried)}")
 
 

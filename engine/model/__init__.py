@@ -5,9 +5,12 @@ from bmengine.engine.model.card import (
     ModelCardError,
     Preprocessing,
     card_path_for,
+    exported_from,
     load_card,
+    named_file_problem,
     sha256_of,
     write_card,
 )
 
-__all__ = ["ModelCard", "ModelCardError", "Preprocessing", "card_path_for", "load_card", "sha256_of", "write_card"]
+__all__ = ["ModelCard", "ModelCardError", "Preprocessing", "card_path_for", "exported_from", "load_card",
+           "named_file_problem", "sha256_of", "write_card"]

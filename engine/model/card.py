@@ -198,6 +198,25 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def named_file_problem(path: Path, sha256: str) -> str | None:
+    """Why ``path`` is not the file a card names by ``sha256`` (missing, or changed), or None."""
+    if not Path(path).is_file():
+        return f"{path} is not on this machine"
+    if sha256_of(path) != sha256:
+        return f"{path} has changed since the export (sha256 is not the card's {sha256[:12]}…)"
+    return None
+
+
+def exported_from(model_path: Path, card: ModelCard) -> list[tuple[Path, str]]:
+    """The trainer checkpoints an exported model's card names, each with its sha256, in the order
+    to use them: the half-precision copy beside the model, then the run's own file. Empty for a
+    card from before exports recorded it."""
+    record = card.training.get("checkpoint") or {}
+    named = [(Path(model_path).parent / record["beside_model"]["file"], record["beside_model"]["sha256"])] \
+        if record.get("beside_model") else []
+    return named + ([(Path(record["file"]), record["sha256"])] if record.get("file") else [])
+
+
 def write_card(card: ModelCard, model_path: Path) -> Path:
     from bmengine.engine.outputs.atomic import atomic_write_text
 

@@ -8,9 +8,8 @@ ENGINE_STAMP := $(VENV)/.bmengine-engine
 TRAIN_STAMP := $(VENV)/.bmengine-train
 PBC ?= ../shared/data/pbc
 RUN_DIR ?= runs/default-cross-lab
-CLEAN_RUN_DIR ?= runs/default-clean-pass
-WISE_RUN_DIR ?= runs/default-wise
-EXPORT := $(WISE_RUN_DIR)/export/pbc_coatnet0_cs.onnx
+MIXED_RUN_DIR ?= runs/default-mixed-pass
+EXPORT := $(MIXED_RUN_DIR)/export/pbc_coatnet0_cs.onnx
 FAST_RUN_DIR ?= runs/fast-pbc-regnetx
 
 .PHONY: demo test install install-train default-model fast-model sample-slides bench doctor clean
@@ -41,26 +40,25 @@ test: $(TRAIN_STAMP)
 	$(PY) -m pytest -q
 
 ## default-model: re-train and re-export the shipped default, CoAtNet-0 + cost-sensitive at 128 px: 10 epochs with
-## the cross-lab augmentation on half of each batch (about 70 min on 2 AMD EPYC cores), 2 clean epochs from those
-## weights at a tenth of the learning rate (about 15 min), and the weights half-way between the two (WiSE-FT;
-## benchmarks/results/cross-lab-recipes.md); export: symmetric int8 (TensorRT-ready) of its convolutions,
-## percentile calibration, OOD head and temperature in the card, and the weights in half precision beside it
-## (what `bmengine finetune MODEL.onnx` starts from)
+## the cross-lab augmentation on half of each batch (about 70 min on 2 AMD EPYC cores), then 4 epochs from those
+## weights at a quarter of the learning rate with the augmentation on a quarter of each batch (about 25 min;
+## benchmarks/results/cross-lab-recipes.md, "mixed clean pass"); export: symmetric int8 (TensorRT-ready) of its
+## convolutions, percentile calibration, OOD head and temperature in the card, and the weights in half precision
+## beside it (what `bmengine finetune MODEL.onnx` starts from)
 default-model: $(TRAIN_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone coatnet_0 --attention none \
 		--loss cost_sensitive --epochs 10 --batch-size 64 --lr 2e-3 --resize 144 --crop 128 --seed 0 \
 		--augment cross-lab --augment-opt colour_p=0.5 --augment-opt zoom_p=0.5
-	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(CLEAN_RUN_DIR) --backbone coatnet_0 --attention none \
-		--loss cost_sensitive --epochs 2 --batch-size 64 --lr 2e-4 --resize 144 --crop 128 --seed 0 \
-		--init-from $(RUN_DIR)/checkpoints/last.pt --warmup-epochs 0
-	$(BMENGINE) interpolate $(RUN_DIR)/checkpoints/last.pt $(CLEAN_RUN_DIR)/checkpoints/last.pt --alpha 0.5 \
-		--out $(WISE_RUN_DIR)
-	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) export $(WISE_RUN_DIR)/checkpoints/last.pt --out $(EXPORT) \
-		--name pbc-coatnet0-cs-crosslab-wise --with-checkpoint
+	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(MIXED_RUN_DIR) --backbone coatnet_0 --attention none \
+		--loss cost_sensitive --epochs 4 --batch-size 64 --lr 5e-4 --resize 144 --crop 128 --seed 0 \
+		--init-from $(RUN_DIR)/checkpoints/last.pt --warmup-epochs 0 \
+		--augment cross-lab --augment-opt colour_p=0.25 --augment-opt zoom_p=0.25
+	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) export $(MIXED_RUN_DIR)/checkpoints/last.pt --out $(EXPORT) \
+		--name pbc-coatnet0-cs-crosslab-mixed --with-checkpoint
 	rm -f engine/assets/models/*.onnx engine/assets/models/*.card.json engine/assets/models/*.pt  # one default ships
 	mkdir -p engine/assets/models  # only the int8 model ships (size); its card records fp32 too
-	cp $(WISE_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx $(WISE_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx.card.json \
-		$(WISE_RUN_DIR)/export/pbc_coatnet0_cs.checkpoint.pt engine/assets/models/  # .pt: what finetune starts from
+	cp $(MIXED_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx $(MIXED_RUN_DIR)/export/pbc_coatnet0_cs_int8.onnx.card.json \
+		$(MIXED_RUN_DIR)/export/pbc_coatnet0_cs.checkpoint.pt engine/assets/models/  # .pt: what finetune starts from
 
 ## fast-model: the previous default, RegNetX-3.2GF + SE + cost-sensitive at 112 px: 0.3-1.3 points of
 ## macro-F1 below the default (two seeds), 3x its speed on a CPU (about 22 min); written to $(FAST_RUN_DIR)/export

@@ -50,6 +50,22 @@ def test_init_from_starts_from_those_weights(trained_run, pbc_subset, tmp_path):
     assert not all(torch.equal(new[k], theirs[k]) for k in new)
 
 
+def test_export_of_a_run_from_given_weights_says_how_those_were_trained(tuned_run, tmp_path):
+    """The card of a `train --init-from` run describes that short run; `started_from` says how the
+    weights it started from were trained (the shipped default is 10 epochs, then 4 from them)."""
+    base, tuned = tuned_run
+    out = tmp_path / "tuned.onnx"
+    exported = bmengine("export", tuned, "--out", out, "--no-int8", "--no-ood", "--no-calibrate",
+                        "--no-evaluate", timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    training = json.loads(out.with_name("tuned.onnx.card.json").read_text())["training"]
+    record = training["started_from"]
+    assert record["checkpoint"] == str(base) and len(record["sha256"]) == 64
+    assert record["epochs"] == 2 and training["epochs"] == 1  # the base's passes, then this run's
+    assert " train " in record["command"] and "--init-from" not in record["command"]
+    assert "--init-from" in training["command"] and record["augmentation"]["preset"]
+
+
 def test_init_from_weights_of_another_network_is_refused(trained_run, pbc_subset, tmp_path):
     base = trained_run.parents[1] / "checkpoints" / "last.pt"
     other = [a if a != "se" else "none" for a in TINY]  # the same backbone without its SE blocks

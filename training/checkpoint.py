@@ -44,3 +44,27 @@ def load_model(path: Path, require: tuple[str, ...] = MODEL_KEYS) -> tuple[torch
     model = create_model(ModelSpec(**state["model_spec"])).eval()
     model.load_state_dict(state["model"])
     return model, state
+
+
+def provenance(path: Path, state: dict) -> dict:
+    """How the checkpoint at ``path`` was trained, for a card whose own training fields describe
+    only a later run started from it (``train --init-from``, ``interpolate``): the file and its
+    sha256, the command, epochs, learning rate, its own starting point and augmentation."""
+    from bmengine.engine.model.card import sha256_of
+
+    config = state.get("config", {})
+    return {"checkpoint": str(path), "sha256": sha256_of(path), "command": state.get("command", ""),
+            "epochs": state.get("epoch"), "lr": config.get("lr"), "init_from": config.get("init_from"),
+            "augmentation": state.get("augmentation") or {"preset": config.get("augment", "basic")}}
+
+
+def started_from(config: dict) -> dict:
+    """The card record of the checkpoint a run started from (``--init-from``), read if it is still
+    on this machine; otherwise its path and that it could not be read. Empty for a run from scratch."""
+    base = config.get("init_from")
+    if not base:
+        return {}
+    if not Path(base).is_file():
+        return {"checkpoint": str(base), "note": "not on this machine when the model was exported"}
+    return provenance(Path(base), load_checkpoint(Path(base), require=("config",)))
+

@@ -43,6 +43,7 @@ import numpy as np
 
 from bmengine.engine import __version__
 from bmengine.engine.model.card import ModelCard, Preprocessing, sha256_of, write_card
+from bmengine.training.checkpoint import started_from
 from bmengine.training.trainer import _save, command_line
 
 
@@ -513,6 +514,9 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
             int8_training["int8_kept_fp32"] = {"name_fragments": list(cfg.int8_keep_fp32), "nodes": kept}
     precision_training = {"int8": int8_training}  # what each precision's card adds under "training"
     checkpoint = _checkpoint_record(cfg, state, log)
+    # a run started from another's weights (`train --init-from`): the card's own training fields
+    # describe only that run, so say how the weights it started from were trained
+    started = started_from(tcfg)
     if cfg.fp16:
         from bmengine.training.fp16 import fp16_path_for, to_fp16
 
@@ -526,7 +530,8 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     val_labels = _labels_for(val_files, classes)
     scored: dict[str, dict] = {}
     for precision, path in outputs.items():
-        extra: dict = {"training": {"checkpoint": checkpoint, **precision_training.get(precision, {})}}
+        extra: dict = {"training": {"checkpoint": checkpoint, **({"started_from": started} if started else {}),
+                                    **precision_training.get(precision, {})}}
         card = _card(state, path, precision, name + ("" if precision == "fp32" else f"-{precision}"), prep, extra)
         # provisional card: the backend refuses a model without one (its ood record has no threshold
         # yet, so a card left like this by a failed export is refused too)

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bmengine.engine.model.card import sha256_of
-from bmengine.training.checkpoint import load_checkpoint
+from bmengine.training.checkpoint import load_checkpoint, provenance
 from bmengine.training.trainer import _save, command_line
 
 INTERPOLATE_KEYS = ("model", "model_spec", "config", "classes", "taxonomy", "epoch", "history")
@@ -54,15 +53,6 @@ def interpolate_weights(base: dict, tuned: dict, alpha: float) -> dict:
     return mixed
 
 
-def _provenance(path: Path, state: dict) -> dict:
-    """What the card keeps of each end: the file, and how it was trained (the card's own training
-    fields describe only the tuned run's short pass)."""
-    config = state["config"]
-    return {"checkpoint": str(path), "sha256": sha256_of(path), "command": state.get("command", ""),
-            "epochs": state["epoch"], "lr": config.get("lr"), "init_from": config.get("init_from"),
-            "augmentation": state.get("augmentation") or {"preset": config.get("augment", "basic")}}
-
-
 def interpolate(cfg: InterpolateConfig) -> Path:
     """Write the interpolated checkpoint (and the tuned run's split) under ``cfg.out``; returns its path."""
     base = load_checkpoint(cfg.base, require=INTERPOLATE_KEYS)
@@ -75,8 +65,8 @@ def interpolate(cfg: InterpolateConfig) -> Path:
         raise InterpolateError(f"{split}: the tuned run's split is missing; export needs it")
     state = dict(tuned, model=interpolate_weights(base["model"], tuned["model"], cfg.alpha),
                  config=dict(tuned["config"], run_dir=str(cfg.out)), command=command_line(sys.argv),
-                 interpolated={"alpha": cfg.alpha, "base": _provenance(cfg.base, base),
-                               "tuned": _provenance(cfg.tuned, tuned)})
+                 interpolated={"alpha": cfg.alpha, "base": provenance(cfg.base, base),
+                               "tuned": provenance(cfg.tuned, tuned)})
     for stale in ("optimizer", "val_report", "best_macro_f1"):  # described the tuned weights, not these
         state.pop(stale, None)
     out = Path(cfg.out) / "checkpoints" / "last.pt"

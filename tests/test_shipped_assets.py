@@ -84,6 +84,9 @@ def test_default_model_card_records_both_precisions():
     assert augmentation["preset"] == "cross-lab"
     assert augmentation["options"] == {"colour_p": 0.25, "zoom_p": 0.25}
     assert "interpolated" not in card.training
+    base = card.training["started_from"]  # the 10 cross-lab epochs those 4 started from
+    assert base["checkpoint"] == "runs/default-cross-lab/checkpoints/last.pt" and base["epochs"] == 10
+    assert base["augmentation"]["options"] == {"colour_p": 0.5, "zoom_p": 0.5} and base["init_from"] is None
     val, fp32 = card.metrics["validation"], card.metrics["fp32_validation"]
     assert 0.5 < val["macro_f1"] <= 1 and 0.5 < fp32["macro_f1"] <= 1
     assert card.training["command"] and card.training["train_seconds"] > 0 and card.training["train_img_per_s"] > 0

@@ -78,11 +78,13 @@ def _default_model() -> str:
 def _finetune_checkpoint() -> str:
     """The shipped default's half-precision checkpoint: a wheel leaves it out, a clone has it."""
     from bmengine.engine.assets import DEFAULT_MODEL
-    from bmengine.engine.model.card import exported_from, load_card, named_file_problem
+    from bmengine.engine.model.card import load_card, named_file_problem
 
-    path, sha256 = exported_from(DEFAULT_MODEL, load_card(DEFAULT_MODEL))[0]  # the copy beside the model
-    if problem := named_file_problem(path, sha256):
-        raise FileNotFoundError(f"{problem} (an install from a wheel leaves it out: use a clone)")
+    record = load_card(DEFAULT_MODEL).training["checkpoint"]["beside_model"]
+    path = DEFAULT_MODEL.parent / record["file"]
+    if problem := named_file_problem(path, record["sha256"]):
+        hint = "" if path.is_file() else " (an install from a wheel leaves it out: use a clone)"
+        raise FileNotFoundError(problem + hint)
     return f"{path.name}, {path.stat().st_size / 2**20:.0f} MiB, sha256 as in the card"
 
 

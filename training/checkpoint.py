@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from bmengine.engine.model.card import sha256_of
 from bmengine.engine.model.torch_file import UnsafeModelFileError, load_plain_data
 
 
@@ -50,8 +51,6 @@ def provenance(path: Path, state: dict) -> dict:
     """How the checkpoint at ``path`` was trained, for a card whose own training fields describe
     only a later run started from it (``train --init-from``, ``interpolate``): the file and its
     sha256, the command, epochs, learning rate, its own starting point and augmentation."""
-    from bmengine.engine.model.card import sha256_of
-
     config = state.get("config", {})
     return {"checkpoint": str(path), "sha256": sha256_of(path), "command": state.get("command", ""),
             "epochs": state.get("epoch"), "lr": config.get("lr"), "init_from": config.get("init_from"),

@@ -137,6 +137,30 @@ def test_hue_tint_gamma_blur_noise_jpeg_do_what_they_say(pbc_batch):
     assert torch.equal(none, x)
 
 
+def test_random_convolution_keeps_each_images_tone_and_shapes_but_changes_its_colours(pbc_batch):
+    x = pbc_batch.float() / 255
+    n = len(x)
+    g = torch.Generator().manual_seed(3)
+    sizes = torch.tensor([1, 3, 5, 7] * (n // 4))
+    full = A.random_convolution(x, sizes, torch.ones(n), g)
+    assert full.shape == x.shape and float(full.min()) >= 0 and float(full.max()) <= 1
+    assert torch.equal(A.random_convolution(x, sizes, torch.zeros(n), g), x)  # mix 0: the image itself
+    # each image's mean tone is kept (up to clipping), its colours are not
+    assert float((full.mean(dim=(1, 2)) - x.mean(dim=(1, 2))).abs().max()) < 0.06
+    assert float((full - x).abs().mean()) > 0.03
+    # shapes stay: the edges of the convolved image are where the original's are
+    def edges(t):
+        return ((t[:, 1:, :-1] - t[:, :-1, :-1]) ** 2 + (t[:, :-1, 1:] - t[:, :-1, :-1]) ** 2).sum(-1).sqrt()
+
+    for a, b in zip(edges(full), edges(x)):
+        assert np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1] > 0.35
+    base = A.make_augment_config("basic", crop=112, flips=False, rot90=False, brightness=0.0, contrast=0.0)
+    half = A.augment(pbc_batch, A.replace(base, randconv_p=0.5), torch.Generator().manual_seed(4))
+    changed = (half - x).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert 0 < int(changed.sum()) < n and torch.equal(half[~changed], x[~changed])
+    assert A.parse_augment_options(["randconv_p=0.5", "randconv_mix=0.8"]) == {"randconv_p": 0.5, "randconv_mix": 0.8}
+
+
 def test_zoom_p_and_colour_p_leave_the_rest_of_the_batch_alone(pbc_batch):
     x = pbc_batch.float() / 255
     base = A.make_augment_config("basic", crop=112, flips=False, rot90=False, brightness=0.0, contrast=0.0)

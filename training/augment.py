@@ -19,6 +19,11 @@ vectorised over the batch on CPU tensors:
 - **hue / saturation / gamma** (``hue`` degrees, ``saturation``, ``gamma``): a hue rotation and a
   saturation scale in YIQ space (one 3x3 matrix per image) and ``x ** g`` with ``log g`` uniform in
   ``+-log(1 + gamma)``.
+- **random convolution** (``randconv_p``, ``randconv_mix``): on a random share of the batch, a
+  3 -> 3 convolution with random Gaussian weights (kernel 1, 3, 5 or 7, He-scaled), its output
+  matched to the image's own per-channel mean and spread and mixed back with the image by a factor
+  ``U(0, randconv_mix)`` (RandConv, Xu et al., ICLR 2021: it scrambles local colour and texture
+  while keeping shapes, which is what a new lab's stain and optics change).
 - **camera** (``blur_p``, ``noise_p``, ``jpeg_p``): on a random share of the batch, a Gaussian
   blur of random sigma, additive Gaussian noise of random standard deviation, and JPEG
   re-compression at a random quality (``torchvision.io.encode_jpeg``/``decode_jpeg``).
@@ -53,6 +58,8 @@ class AugmentConfig:
     saturation: float = 0.0  # saturation factor U(1-s, 1+s) (YIQ chroma)
     gamma: float = 0.0  # x ** g, log g ~ U(-log(1+gamma), log(1+gamma))
     colour_p: float = 1.0  # share of the batch given the stain / tint / hue / saturation / gamma jitter
+    randconv_p: float = 0.0  # share of the batch passed through a random convolution (RandConv)
+    randconv_mix: float = 1.0  # that convolution's weight in the mix, U(0, randconv_mix)
     blur_p: float = 0.0  # share of the batch blurred
     blur_sigma: tuple[float, float] = (0.3, 1.5)  # Gaussian sigma in pixels, uniform
     noise_p: float = 0.0  # share of the batch given additive Gaussian noise
@@ -202,6 +209,33 @@ def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return x.reshape(n, c, h, w).permute(0, 2, 3, 1)
 
 
+RANDCONV_KERNELS = (1, 3, 5, 7)
+
+
+def random_convolution(images: torch.Tensor, sizes: torch.Tensor, mix: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Each image through its own random 3 -> 3 convolution of side ``sizes[i]`` (He-normal
+    weights, reflected borders), rescaled to the image's per-channel mean and standard deviation,
+    then ``mix[i] * convolved + (1 - mix[i]) * image``. float NHWC in 0..1 in and out."""
+    n, h, w, c = images.shape
+    out = images.clone()
+    x_all = images.permute(0, 3, 1, 2)
+    for k in sizes.unique().tolist():
+        sel = torch.nonzero(sizes == k).flatten()
+        m = len(sel)
+        weights = torch.randn(m * c, c, k, k, generator=generator) / math.sqrt(c * k * k)
+        x = x_all[sel].reshape(1, m * c, h, w)
+        if k > 1:
+            x = F.pad(x, (k // 2,) * 4, mode="reflect")
+        y = F.conv2d(x, weights, groups=m).reshape(m, c, h, w)
+        src = x_all[sel]
+        y_mean, y_std = y.mean(dim=(2, 3), keepdim=True), y.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        y = (y - y_mean) / y_std * src.std(dim=(2, 3), keepdim=True) + src.mean(dim=(2, 3), keepdim=True)
+        a = mix[sel].view(-1, 1, 1, 1)
+        out[sel] = (a * y + (1 - a) * src).clamp_(0, 1).permute(0, 2, 3, 1)
+    return out
+
+
 def jpeg(images: torch.Tensor, qualities: torch.Tensor) -> torch.Tensor:
     """JPEG re-compression of each image at its own quality (uint8 round trip)."""
     import warnings
@@ -271,6 +305,12 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         c = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * cfg.contrast
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = ((out - mean) * c + mean) * b
+    if cfg.randconv_p:
+        sel = _subset(n, cfg.randconv_p, generator)
+        sizes = torch.tensor(RANDCONV_KERNELS)[torch.randint(0, len(RANDCONV_KERNELS), (n,), generator=generator)][sel]
+        mix = _uniform(n, 0.0, cfg.randconv_mix, generator)[sel]
+        if len(sel):
+            out[sel] = random_convolution(out[sel].clamp(0, 1), sizes, mix, generator)
     if cfg.blur_p:
         sel = _subset(n, cfg.blur_p, generator)
         sigmas = _uniform(n, *cfg.blur_sigma, generator)[sel]

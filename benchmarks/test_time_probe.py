@@ -39,14 +39,18 @@ from PIL import Image
 SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "assets" / "models" / "pbc_coatnet0_cs_int8.onnx"
 
 
-def labelled_sets(model: Path, card, pbc_every: int) -> dict[str, tuple[list[Path], np.ndarray, int]]:
-    """name -> (files, true classes, size of half A); PBC: every ``pbc_every``-th validation crop."""
+def pbc_split(model: Path, card):
+    """PBC as the model's classes see it, and the card's validation split (files, label indices)."""
     from bmengine.engine.cli.eval_cmd import _held_out
     from bmengine.engine.dataset import ImageFolder
 
-    classes = list(card.classes)
-    pbc = ImageFolder.scan(DATA / "pbc", tuple(classes))
+    pbc = ImageFolder.scan(DATA / "pbc", tuple(card.classes))
     files, labels = _held_out(pbc, card.training or {}, model)
+    return pbc, files, labels
+
+
+def labelled_sets(classes: list[str], files, labels, pbc_every: int) -> dict[str, tuple[list[Path], np.ndarray, int]]:
+    """name -> (files, true classes, size of half A); PBC: every ``pbc_every``-th validation crop."""
     keep = range(0, len(files), pbc_every)
     sets = {"pbc_val": ([Path(files[i]) for i in keep], np.array([classes[labels[i]] for i in keep]), 0)}
     for subset in SUBSETS:
@@ -90,7 +94,7 @@ def summary(classes: list[str], true: np.ndarray, n_a: int, probs: np.ndarray, s
 
 # --- the three probes: each yields (setting, probabilities, scores) for one set's crops -----------
 
-def zoom_probe(engine, files, factors=(0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.5)):
+def zoom_probe(engine, files, reference=None, factors=(0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.5)):
     import torch
 
     from bmengine.training.augment import zoom
@@ -113,7 +117,7 @@ def dihedral(batch: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def tta_probe(engine, files):
+def tta_probe(engine, files, reference=None):
     probs, scores = infer_blobs(engine, [Path(f).read_bytes() for f in files], dihedral)
     for name, views in (("1 view", [0]), ("4 rotations", [0, 1, 2, 3]), ("8 rotations and flips", list(range(8)))):
         yield name, probs[:, views].mean(1), scores[:, views].mean(1)
@@ -149,13 +153,13 @@ def background_probe(engine, files, reference: tuple[np.ndarray, np.ndarray]):
         yield name, probs[:, 0], scores[:, 0]
 
 
-def pbc_reference(model: Path, card, every: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """PBC's median background and darkest colours over every ``every``-th *training* crop."""
-    from bmengine.engine.cli.eval_cmd import _held_out
-    from bmengine.engine.dataset import ImageFolder
+#: probe name -> generator of (setting, probabilities, OOD scores); ``reference`` is PBC's colours
+PROBES = {"zoom": zoom_probe, "tta": tta_probe, "background": background_probe}
 
-    pbc = ImageFolder.scan(DATA / "pbc", tuple(card.classes))
-    held_out = {str(f) for f in _held_out(pbc, card.training or {}, model)[0]}
+
+def pbc_reference(pbc, held_out_files, every: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """PBC's median background and darkest colours over every ``every``-th *training* crop."""
+    held_out = {str(f) for f in held_out_files}
     train = [f for f in sorted(map(str, pbc.files)) if f not in held_out][::every]
     stats = np.array([_background_and_dark(np.asarray(Image.open(f).convert("RGB")).astype(np.float32))
                       for f in train])
@@ -164,7 +168,7 @@ def pbc_reference(model: Path, card, every: int = 40) -> tuple[np.ndarray, np.nd
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("zoom", "tta", "background"))
+    parser.add_argument("probe", choices=sorted(PROBES))
     parser.add_argument("--model", type=Path, default=SHIPPED)
     parser.add_argument("--pbc-every", type=int, default=4, help="score every N-th PBC validation crop")
     parser.add_argument("--out", type=Path, required=True)
@@ -177,13 +181,13 @@ def main() -> None:
     card = engine.card
     classes = list(card.classes)
     result: dict = {"model": str(args.model), "weights_sha256": card.weights_sha256, "probe": args.probe, "rows": []}
+    pbc, val_files, val_labels = pbc_split(args.model, card)
+    reference = None
     if args.probe == "background":
-        reference = pbc_reference(args.model, card)
+        reference = pbc_reference(pbc, val_files)
         result["pbc_reference"] = {"background": reference[0].tolist(), "dark": reference[1].tolist()}
-    for name, (files, true, n_a) in labelled_sets(args.model, card, args.pbc_every).items():
-        probe = {"zoom": lambda: zoom_probe(engine, files), "tta": lambda: tta_probe(engine, files),
-                 "background": lambda: background_probe(engine, files, reference)}[args.probe]
-        for setting, probs, scores in probe():
+    for name, (files, true, n_a) in labelled_sets(classes, val_files, val_labels, args.pbc_every).items():
+        for setting, probs, scores in PROBES[args.probe](engine, files, reference):
             row = {"set": name, "setting": setting, **summary(classes, true, n_a, probs, scores)}
             result["rows"].append(row)
             halves_text = f" (A {row['accuracy_A']:.3f} / B {row['accuracy_B']:.3f})" if n_a else ""

@@ -145,3 +145,92 @@ def test_export_refuses_keep_fp32_without_an_int8_model(trained_run, tmp_path):
     assert "--int8-keep-fp32 shapes the int8 model, which --no-int8 leaves out" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def _calibration_augment(preset: str = "cross-lab", **options):
+    from bmengine.training.export import CalibrationAugment
+
+    return CalibrationAugment.resolve(preset, options, {"config": {}}, PREP.crop)
+
+
+def test_augmented_calibration_sees_each_real_batch_clean_and_then_changed():
+    """``--calibration-augment``: every clean batch is handed to the calibrator as before, followed by
+    an augmented copy of the same crops (so the clean ranges stay covered); an augmentation that does
+    nothing gives back the clean batch to within a grey level."""
+    from bmengine.training.export import _CalibrationReader
+
+    files = _calibration()
+
+    def batches(augment):
+        reader = _CalibrationReader(files, PREP, "image", batch_size=8, augment=augment)
+        out = []
+        while (batch := reader.get_next()) is not None:
+            out.append(batch["image"])
+        return out
+
+    clean = batches(None)
+    augmented = batches(_calibration_augment("cross-lab", colour_p=1.0, hue=90.0))
+    assert len(clean) == 2 and len(augmented) == 4
+    for i, batch in enumerate(clean):
+        np.testing.assert_array_equal(augmented[2 * i], batch)
+        copy = augmented[2 * i + 1]
+        assert copy.shape == batch.shape and copy.dtype == np.float32
+        assert np.abs(copy - batch).mean() > 0.1  # colours, turns and zoom changed
+    grey_level = 1 / 255 / min(PREP.std) + 1e-5
+    identity = batches(_calibration_augment("basic", flips=False, rot90=False, brightness=0.0, contrast=0.0))
+    for i, batch in enumerate(clean):
+        assert np.abs(identity[2 * i + 1] - batch).max() <= grey_level
+
+
+def _activation_scales(path) -> dict[str, float]:
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {node.input[0]: float(init[node.input[1]]) for node in graph.node
+            if node.op_type == "QuantizeLinear" and node.input[1] in init and init[node.input[1]].size == 1}
+
+
+def test_minmax_ranges_calibrated_with_augmented_copies_contain_the_clean_ranges(tmp_path):
+    """The clean crops are a subset of what the augmented calibration sees, so with MinMax every
+    activation's range can only widen, and the stain/hue/gamma changes widen the image's own."""
+    fp32 = _export("regnetx_002", tmp_path / "m.onnx")
+    files = _calibration()
+    quantize_int8(fp32, tmp_path / "clean.onnx", files, PREP, "all", "minmax")
+    quantize_int8(fp32, tmp_path / "aug.onnx", files, PREP, "all", "minmax",
+                  augment=_calibration_augment("cross-lab", colour_p=1.0, hue=90.0))
+    clean, aug = _activation_scales(tmp_path / "clean.onnx"), _activation_scales(tmp_path / "aug.onnx")
+    assert clean.keys() == aug.keys() and "image" in clean
+    assert all(aug[name] >= clean[name] * (1 - 1e-6) for name in clean)
+    assert aug["image"] > clean["image"] * 1.05
+
+
+def test_export_records_the_calibration_augmentation_and_refuses_one_that_would_do_nothing(trained_run, tmp_path):
+    import json
+    import subprocess
+
+    from conftest import BMENGINE
+
+    checkpoint = str(trained_run.parents[1] / "checkpoints" / "last.pt")
+    out = tmp_path / "m.onnx"
+    done = subprocess.run(BMENGINE + ["export", checkpoint, "--out", str(out), "--calibration-images", "16",
+                                      "--no-evaluate", "--no-ood", "--no-calibrate", "--calibration-augment",
+                                      "training", "--calibration-augment-opt", "hue=90"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "and an augmented copy of each" in done.stderr
+    record = json.loads((tmp_path / "m_int8.onnx.card.json").read_text())["training"]["calibration_augmentation"]
+    assert record["from"] == "training" and record["preset"] == "basic"  # the tiny run's own recipe
+    assert record["options"] == {"hue": 90.0} and record["config"]["hue"] == 90.0
+    assert "calibration_augmentation" not in json.loads((tmp_path / "m.onnx.card.json").read_text())["training"]
+    refused = {("--calibration-augment", "colour"): "--calibration-augment 'colour': choose one of none, training",
+               ("--calibration-augment-opt", "hue=90"): "--calibration-augment-opt needs --calibration-augment",
+               ("--calibration-augment", "stain", "--calibration-augment-opt", "hues=90"):
+                   "--calibration-augment-opt 'hues=90': expected KEY=VALUE",
+               ("--calibration-augment", "stain", "--no-int8"): "--calibration-augment shapes the int8 model"}
+    for args, message in refused.items():
+        target = tmp_path / "refused" / "m.onnx"
+        done = subprocess.run(BMENGINE + ["export", checkpoint, "--out", str(target), *args],
+                              capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-1500:])
+        assert "Traceback" not in done.stderr and not target.parent.exists()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,7 +95,7 @@ def make_augment_config(preset: str = "basic", crop: int = 112, **overrides) -> 
     return replace(cfg, **values)
 
 
-def parse_augment_options(items: list[str] | None) -> dict:
+def parse_augment_options(items: list[str] | None, flag: str = "--augment-opt") -> dict:
     """``["zoom_range=0.7,2.2", "jpeg_p=0.5", "flips=false"]`` -> typed overrides for ``AugmentConfig``."""
     types = {f.name: f.default for f in fields(AugmentConfig)}
     out: dict = {}
@@ -102,7 +103,7 @@ def parse_augment_options(items: list[str] | None) -> dict:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in types or key == "crop":
-            raise ValueError(f"--augment-opt {item!r}: expected KEY=VALUE with KEY one of "
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of "
                              f"{sorted(k for k in types if k != 'crop')}")
         default = types[key]
         text = text.strip()
@@ -113,7 +114,7 @@ def parse_augment_options(items: list[str] | None) -> dict:
         elif isinstance(default, tuple) or key == "zoom_range":
             parts = [float(v) for v in text.split(",")]
             if len(parts) != 2 or parts[0] > parts[1]:
-                raise ValueError(f"--augment-opt {item!r}: expected LOW,HIGH")
+                raise ValueError(f"{flag} {item!r}: expected LOW,HIGH")
             out[key] = tuple(int(p) for p in parts) if key == "jpeg_quality" else tuple(parts)
         else:
             out[key] = float(text)
@@ -328,3 +329,17 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         if len(sel):
             out[sel] = jpeg(out[sel].clamp(0, 1), qualities)
     return out.clamp_(0, 1)
+
+
+def augment_normalised(batch: np.ndarray, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                       generator: torch.Generator) -> np.ndarray:
+    """A batch as the engine's pipeline hands it to a model (float NCHW, normalised, at the crop size)
+    through ``augment`` and back: int8 calibration on crops that carry the training recipe's colours
+    and scales (training/export.py). The crop is the whole image here, so only flips, turns, zoom,
+    colour and camera changes act."""
+    m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+    pixels = np.clip(batch * s + m, 0.0, 1.0).transpose(0, 2, 3, 1)  # NHWC in 0..1
+    images = torch.from_numpy(np.rint(pixels * 255.0).astype(np.uint8))
+    out = augment(images, replace(cfg, crop=images.shape[1]), generator).numpy().transpose(0, 3, 1, 2)
+    return np.ascontiguousarray((out - m) / s, dtype=np.float32)

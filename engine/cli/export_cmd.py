@@ -19,6 +19,13 @@ def export(
     int8_calibration: Annotated[str, typer.Option(
         help="How int8 activation ranges are set from the calibration crops: percentile (99.99th), minmax "
              "or entropy.")] = "percentile",
+    calibration_augment: Annotated[str, typer.Option(
+        help="Also calibrate int8 on an augmented copy of each calibration crop: none, training (the "
+             "checkpoint's own augmentation recipe) or a preset (basic, stain, scale, stain-scale, cross-lab); "
+             "see benchmarks/results/cross-lab-recipes.md.")] = "none",
+    calibration_augment_opt: Annotated[Optional[list[str]], typer.Option(
+        help="Override one field of that augmentation, KEY=VALUE, repeatable (as `train --augment-opt`), "
+             "e.g. colour_p=1.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Score both models on the run's validation split.")] = True,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card (default: file stem).")] = None,
     ood: Annotated[bool, typer.Option(
@@ -47,17 +54,20 @@ def export(
              "shipped default carries one).")] = False,
 ) -> None:
     """Export ONNX with a model card (classes, taxonomy, preprocessing, metrics, sha256)."""
+    from bmengine.training.augment import parse_augment_options
     from bmengine.training.export import ExportConfig, export as run_export
 
     if not checkpoint.is_file():
         typer.echo(f"error: {checkpoint}: checkpoint not found", err=True)
         raise typer.Exit(2)
     try:
+        calibration_augment_options = parse_augment_options(calibration_augment_opt, "--calibration-augment-opt")
         cfg = ExportConfig(checkpoint, out, int8=int8, calibration_images=calibration_images, evaluate=evaluate,
                            name=name, int8_ops=int8_ops, int8_calibration=int8_calibration, ood=ood,
                            false_flag_rate=false_flag_rate, ood_score=ood_score, calibrate=calibrate,
                            fp16=fp16, decode_device=decode_device, int8_keep_fp32=tuple(int8_keep_fp32 or ()),
-                           with_checkpoint=with_checkpoint)
+                           with_checkpoint=with_checkpoint, calibration_augment=calibration_augment,
+                           calibration_augment_options=calibration_augment_options)
     except ValueError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)

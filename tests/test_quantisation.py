@@ -222,6 +222,7 @@ def test_export_records_the_calibration_augmentation_and_refuses_one_that_would_
     record = json.loads((tmp_path / "m_int8.onnx.card.json").read_text())["training"]["calibration_augmentation"]
     assert record["from"] == "training" and record["preset"] == "basic"  # the tiny run's own recipe
     assert record["options"] == {"hue": 90.0} and record["config"]["hue"] == 90.0
+    assert record["clean_crops"] == 8  # 16 crops in all: 8 clean, 8 augmented copies
     assert "calibration_augmentation" not in json.loads((tmp_path / "m.onnx.card.json").read_text())["training"]
     refused = {("--calibration-augment", "colour"): "--calibration-augment 'colour': choose one of none, training",
                ("--calibration-augment-opt", "hue=90"): "--calibration-augment-opt needs --calibration-augment",

@@ -235,3 +235,34 @@ def test_export_records_the_calibration_augmentation_and_refuses_one_that_would_
                               capture_output=True, text=True)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr[-1500:])
         assert "Traceback" not in done.stderr and not target.parent.exists()
+
+
+def test_calibration_that_would_exhaust_memory_is_refused_with_a_count_that_fits(tmp_path):
+    """ONNX Runtime's calibrators hold every recorded activation of every crop at once (12 GB for 256
+    CoAtNet-0 crops): the estimate follows the graph's real tensor shapes, and a count over the
+    available memory is refused before calibrating, naming the largest count that fits."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from bmengine.training.export import CalibrationMemoryError, activation_bytes_per_crop, check_calibration_memory
+
+    def per_crop(size: int, ops):
+        torch.manual_seed(0)
+        model = create_model(ModelSpec("regnetx_002", "none", 8, input_size=size)).eval()
+        export_onnx(model, tmp_path / f"r{size}.onnx", size, opset=17)
+        quant_pre_process(str(tmp_path / f"r{size}.onnx"), str(tmp_path / f"r{size}.pre.onnx"), skip_symbolic_shape=True)
+        return activation_bytes_per_crop(onnx.load(str(tmp_path / f"r{size}.pre.onnx")).graph, ops)
+
+    conv32, conv64, all32 = per_crop(32, ("Conv", "Gemm")), per_crop(64, ("Conv", "Gemm")), per_crop(32, None)
+    assert conv32 > 3 * 32 * 32 * 4  # more than the image itself
+    assert all32 > conv32  # every node's tensors include the convolutions'
+    assert 3.5 < conv64 / conv32 < 4.1  # activations grow with the pixels (the pooled head does not)
+    gib = 1024**3
+    check_calibration_memory(conv32, 256, available=8 * gib)  # a few MB: fine
+    check_calibration_memory(conv32, 256, available=None)  # no /proc/meminfo: not checked
+    with pytest.raises(CalibrationMemoryError, match=r"on 4096 crops would need about .* GiB .* "
+                                                     r"use --calibration-images (\d+) or fewer") as refused:
+        check_calibration_memory(35_000_000, 4096, available=16 * gib)
+    fits = int(str(refused.value).split("--calibration-images ")[1].split()[0])
+    check_calibration_memory(35_000_000, fits, available=16 * gib)
+    with pytest.raises(CalibrationMemoryError):
+        check_calibration_memory(35_000_000, fits + 1, available=16 * gib)

@@ -355,6 +355,56 @@ def _scopes(names: list[str], wanted: int = 4, most: int = 20) -> list[str]:
     return scopes[:most]
 
 
+class CalibrationMemoryError(ValueError):
+    """int8 calibration would need more memory than the machine has available."""
+
+
+#: ONNX Runtime's calibrators keep every calibrated activation of every crop until the end; the
+#: process grew by 1.14x those tensors' own size per crop on CoAtNet-0 (peak RSS 6.9 GB for 128
+#: crops, 12.0 GB for 256; 35 MB of Conv/Gemm inputs and outputs per crop)
+CALIBRATION_MEMORY_FACTOR = 1.25
+#: share of the available memory calibration may plan to use (the process itself needs the rest)
+CALIBRATION_MEMORY_SHARE = 0.8
+
+
+def activation_bytes_per_crop(graph, op_types: tuple[str, ...] | None) -> int:
+    """Bytes of the float tensors the calibrator records for one crop: the inputs and outputs of the
+    nodes of ``op_types`` (None: every node), from the shapes shape inference wrote into ``graph``."""
+    sizes = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        tensor = info.type.tensor_type
+        if tensor.elem_type == 1:  # float32; a symbolic (batch) dimension counts as 1
+            sizes[info.name] = 4 * int(np.prod([max(d.dim_value, 1) for d in tensor.shape.dim]))
+    recorded = {name for node in graph.node if op_types is None or node.op_type in op_types
+                for name in (*node.input, *node.output) if name in sizes}
+    return sum(sizes[name] for name in recorded)
+
+
+def available_memory() -> int | None:
+    """MemAvailable (bytes) where /proc/meminfo has it, else None (no check)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_calibration_memory(per_crop: int, crops: int, available: int | None) -> None:
+    """Refuse a calibration that would exhaust the machine, naming a crop count that fits: the
+    calibrator would otherwise be killed for memory after minutes, taking the machine with it."""
+    need = crops * per_crop * CALIBRATION_MEMORY_FACTOR
+    if available is None or need <= CALIBRATION_MEMORY_SHARE * available:
+        return
+    fits = int(CALIBRATION_MEMORY_SHARE * available / (per_crop * CALIBRATION_MEMORY_FACTOR))
+    gib, mib = 1024**3, 1024**2
+    raise CalibrationMemoryError(
+        f"int8 calibration on {crops} crops would need about {need / gib:.1f} GiB ({per_crop / mib:.0f} MiB of "
+        f"activations per crop, and ONNX Runtime keeps them all until the end), and this machine has "
+        f"{available / gib:.1f} GiB available: use --calibration-images {fits} or fewer")
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str], prep: Preprocessing,
                   ops: str = "all", calibration: str = "minmax", device: str = "cpu",
                   keep_fp32: tuple[str, ...] = (), augment: CalibrationAugment | None = None) -> int:
@@ -376,6 +426,8 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration_files: list[str]
     excluded = head + kept
     tmp = int8_path.with_name(int8_path.name + ".partial")
     try:
+        crops = len(calibration_files) * (2 if augment is not None else 1)
+        check_calibration_memory(activation_bytes_per_crop(graph, INT8_OP_SETS[ops]), crops, available_memory())
         quantize_static(str(pre), str(tmp), _CalibrationReader(calibration_files, prep, "image", device=device, augment=augment),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8,
@@ -564,13 +616,17 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
         calib_augment = CalibrationAugment.resolve(cfg.calibration_augment, cfg.calibration_augment_options,
                                                    state, prep.crop)
         # with augmented copies, half as many crops: the calibrator holds every activation of every
-        # crop in memory at once (256 CoAtNet-0 crops take about 10 GiB), so the total stays the same
+        # crop in memory at once (CALIBRATION_MEMORY_FACTOR), so the total stays the same
         clean_crops = cfg.calibration_images // 2 if calib_augment else cfg.calibration_images
         calib = _stratified_sample(train_files, _labels_for(train_files, classes), clean_crops)
         t0 = time.perf_counter()
         decoder = resolve_decode_device(cfg.decode_device)
-        kept = quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration, device=decoder,
-                             keep_fp32=cfg.int8_keep_fp32, augment=calib_augment)
+        try:
+            kept = quantize_int8(cfg.out, int8, calib, prep, int8_ops, cfg.int8_calibration, device=decoder,
+                                 keep_fp32=cfg.int8_keep_fp32, augment=calib_augment)
+        except CalibrationMemoryError:
+            cfg.out.unlink()  # it has no card yet: no backend would load it
+            raise
         copies = " and an augmented copy of each" if calib_augment else ""
         log(f"wrote {int8} ({int8_ops} operators, calibrated on {len(calib)} training crops{copies} "
             f"in {time.perf_counter() - t0:.0f}s" + (f"; {kept} nodes kept fp32" if kept else "") + ")")

@@ -72,14 +72,14 @@ def export(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     from bmengine.training.checkpoint import UnsafeCheckpointError
-    from bmengine.training.export import KeepFp32Error
+    from bmengine.training.export import CalibrationMemoryError, KeepFp32Error
 
     try:
         paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
     except UnsafeCheckpointError as err:  # a refused or unreadable checkpoint: nothing was written
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    except KeepFp32Error as err:  # found after the fp32 export, which was removed again: nothing written
+    except (KeepFp32Error, CalibrationMemoryError) as err:  # found after the fp32 export, removed again
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     for precision, path in paths.items():

@@ -80,6 +80,29 @@ def test_bad_crops_are_named_and_good_ones_kept():
     assert _pipe().decode(crops).good == [0, 1, 2]
 
 
+def test_a_jpeg_cut_short_is_refused_before_decoding_whatever_it_embeds():
+    """On an H100, nvJPEG decoded all 40 JPEGs of the corpus cut short (no end-of-image marker),
+    which libjpeg-turbo refuses: the engine refuses them itself, on either device. An embedded
+    thumbnail's own end-of-image marker, before the scan, must not pass a cut file; bytes after the
+    end-of-image marker must not refuse a whole one."""
+    from bmengine.engine.preprocess.dali_pipeline import TRUNCATED_JPEG
+    from bmengine.engine.qc.damage import scan_bounds
+    from bmengine.engine.store.image_header import jpeg_is_cut_short
+
+    good, thumbnail = (f.read_bytes() for f in pbc_files("eosinophil", 2))
+    app15 = b"\xff\xef" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail  # an application segment holding a whole JPEG
+    with_thumbnail = good[:2] + app15 + good[2:]
+    start, end = scan_bounds(good)
+    cut, cut_with_thumbnail = good[: (start + end) // 2], with_thumbnail[: -(end - start) // 2]
+    padded = good + b"\x00" * 64
+    assert [jpeg_is_cut_short(c) for c in (good, cut, with_thumbnail, cut_with_thumbnail, padded)] == [
+        False, True, False, True, False]
+    decoded = _pipe().decode([good, cut, with_thumbnail, cut_with_thumbnail, padded])
+    assert decoded.good == [0, 2, 4]
+    assert decoded.errors[1] == decoded.errors[3] == TRUNCATED_JPEG + "; not decoded"
+    assert np.abs(decoded.pixels[1] - decoded.pixels[0]).max() < 1e-6  # the thumbnail segment changes no pixel
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_png_and_tiff_decode_like_the_jpeg(fmt):
     jpeg = pbc_files("monocyte", 1)[0]

@@ -13,12 +13,14 @@ from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from bmengine.engine.store.image_header import jpeg_is_cut_short
 from bmengine.engine.store.limits import InputLimits
 
 Device = Literal["cpu", "gpu"]
 # The QC checks (engine/qc) were tuned on 144 px images; below 128 px they lose damage (see
 # benchmarks/results/qc-damaged-jpeg-corpus.md), so the QC image has its own fixed size.
 QC_SIZE = 144
+TRUNCATED_JPEG = "JPEG truncated (no end-of-image marker)"
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,8 @@ class CropPipeline:
         for i, sample in enumerate(samples):
             if errors[i] is None:
                 headers[i], errors[i] = self.limits.check_header(sample)
+            if errors[i] is None:
+                errors[i] = self.refusal(sample, headers[i])
         good = [i for i, e in enumerate(errors) if e is None]
         if not good:
             return Decoded(None, [], errors)
@@ -190,6 +194,13 @@ class CropPipeline:
         if not good:
             return Decoded(None, [], errors)
         return self._decoded(self._run([samples[i] for i in good]), good, errors, headers)
+
+    def refusal(self, sample: np.ndarray, header) -> str | None:
+        """Why a crop whose header passed is still not decoded, the same on either device: a JPEG
+        cut short, which libjpeg-turbo refuses and nvJPEG would decode with its missing rows filled."""
+        if header.format == "jpeg" and jpeg_is_cut_short(sample):
+            return TRUNCATED_JPEG + "; not decoded"
+        return None
 
     def decode_to_numpy(self, crops: Sequence[bytes | np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         """Like :meth:`decode`, as a host array with zeros in the failed crops' slots."""
@@ -236,7 +247,7 @@ def describe_decode_failure(sample: np.ndarray, message: str) -> str:
     if kind == "unknown":
         what = f"not a JPEG, PNG or TIFF (starts {bytes(sample[:4]).hex()})"
     elif kind == "jpeg" and bytes(sample[-2:]) != b"\xff\xd9":
-        what = "JPEG truncated (no end-of-image marker)"
+        what = TRUNCATED_JPEG
     else:
         what = f"corrupt {kind.upper()} data"
     detail = [ln.strip() for ln in message.splitlines() if ln.strip().startswith(("Failed to", "nvImageCodec"))]

@@ -62,6 +62,33 @@ def _jpeg(data: bytes) -> ImageHeader:
     raise HeaderError("JPEG has no frame header (SOF) before its image data")
 
 
+def jpeg_is_cut_short(data: bytes | memoryview) -> bool:
+    """True when a JPEG's first scan starts but no end-of-image marker (0xFFD9) follows it: the file
+    was cut short (an interrupted copy). libjpeg-turbo refuses such a file and nvJPEG decodes it
+    (all 40 of the damaged corpus's, H100; benchmarks/results/2026-11-26-h100-gpu-path.md), so
+    the engine refuses it itself, before decoding and the same way on either device. Entropy-coded
+    data cannot hold 0xFFD9 (a 0xFF byte there is followed by 0x00 or a restart marker), so any
+    0xFFD9 after the scan header ends the image; an embedded thumbnail's own lies before the scan."""
+    data = bytes(data)
+    pos = 2  # after SOI
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return False  # not a marker where one belongs: the decoder names that damage itself
+        marker = data[pos + 1]
+        if marker == 0xFF or marker in _STANDALONE:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:
+            return False
+        if marker == 0xDA:
+            return data.find(b"\xff\xd9", pos + 2) == -1
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return False
+        pos += 2 + length
+    return False
+
+
 def _png(data: bytes) -> ImageHeader:
     if len(data) < 26 or data[12:16] != b"IHDR":
         raise HeaderError("PNG does not start with an IHDR chunk")

@@ -106,13 +106,19 @@ class Decodes:
     shapes: list[tuple[int, int, int] | None]
 
 
-def decode(blobs: list[bytes], qc_size: int, device: str, batch: int = 64) -> Decodes:
+def decode(blobs: list[bytes], qc_size: int, device: str, batch: int = 64, decoder_only: bool = False) -> Decodes:
     """Every crop's QC image through the engine's pipeline on ``device``: resized to ``qc_size``
-    and not cropped (the QC image's own recipe), copied to the host."""
+    and not cropped (the QC image's own recipe), copied to the host. ``decoder_only``: without the
+    engine's own refusals before decoding (JPEGs cut short), to see what each decoder does alone."""
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-    pipe = CropPipeline(PipelineSpec(qc_size, qc_size, (0.5,) * 3, (0.25,) * 3, normalize=False, device=device,
-                                     batch_size=batch))
+    class DecoderOnly(CropPipeline):
+        def refusal(self, sample, header):
+            return None
+
+    pipeline = DecoderOnly if decoder_only else CropPipeline
+    pipe = pipeline(PipelineSpec(qc_size, qc_size, (0.5,) * 3, (0.25,) * 3, normalize=False, device=device,
+                                 batch_size=batch))
     out = Decodes([None] * len(blobs), [None] * len(blobs), [None] * len(blobs))
     for s in range(0, len(blobs), batch):
         decoded = pipe.decode(blobs[s : s + batch])
@@ -167,6 +173,32 @@ def compare(cpu: Decodes, gpu: Decodes, checks: list[Check]) -> dict:
     return record
 
 
+def caught(decodes: Decodes) -> list[bool]:
+    """Per crop: refused (before or by the decoder) or flagged by the QC checks, as qc_corpus counts it."""
+    good = [i for i, im in enumerate(decodes.images) if im is not None]
+    flags = quality_flags(np.stack([decodes.images[i] for i in good]), [decodes.shapes[i] for i in good]) if good else []
+    verdict = dict(zip(good, flags))
+    return [decodes.errors[i] is not None or bool(verdict.get(i)) for i in range(len(decodes.images))]
+
+
+def caught_by_kind(cpu: Decodes, gpu: Decodes, names: list[str]) -> dict[str, dict]:
+    """Per damage kind (names are ``kind:source``): crops refused and caught by each decoder, and
+    the crops caught by one decoder only: what a lab's QC numbers would differ by on a GPU."""
+    caught_cpu, caught_gpu = caught(cpu), caught(gpu)
+    kinds: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        k = kinds.setdefault(name.split(":", 1)[0], {"n": 0, "refused_cpu": 0, "refused_gpu": 0, "caught_cpu": 0,
+                                                     "caught_gpu": 0, "one_decoder_only": []})
+        k["n"] += 1
+        k["refused_cpu"] += cpu.errors[i] is not None
+        k["refused_gpu"] += gpu.errors[i] is not None
+        k["caught_cpu"] += caught_cpu[i]
+        k["caught_gpu"] += caught_gpu[i]
+        if caught_cpu[i] != caught_gpu[i]:
+            k["one_decoder_only"].append(f"{name} ({'CPU' if caught_cpu[i] else 'GPU'} caught it)")
+    return kinds
+
+
 def corpus(data: Path, per_kind: int, n_clean: int, seed: int = 0) -> dict[str, tuple[list[bytes], list[str]]]:
     """Named sets of encoded crops: the damaged corpus, clean PBC crops, and Matek's 44."""
     files = qc_corpus.pbc_split(data, "eval")
@@ -200,6 +232,14 @@ def markdown(result: dict) -> str:
                          f"{c['score_abs_diff']['p99']} | {len(c['disagree_at_threshold'])} | "
                          f"{c['flagged_cpu']}/{c['flagged_gpu']} | {c['agreeing_threshold']['nearest']:.4g} |")
         lines.append("")
+        if "caught_by_kind" in r:
+            lines += ["Caught (refused or flagged) per damage kind, CPU / GPU:", "",
+                      "| kind | crops | refused CPU/GPU | caught CPU/GPU | caught by one decoder only |",
+                      "|---|---:|---:|---:|---|"]
+            for kind, k in r["caught_by_kind"].items():
+                lines.append(f"| {kind} | {k['n']} | {k['refused_cpu']}/{k['refused_gpu']} | "
+                             f"{k['caught_cpu']}/{k['caught_gpu']} | {'; '.join(k['one_decoder_only']) or '-'} |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -212,6 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=qc_corpus.DATA)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="skip the engine's own refusals before decoding (JPEGs cut short): each decoder alone")
     args = parser.parse_args(argv)
 
     from bmengine.engine.backends.devices import cuda_device_count
@@ -227,11 +269,16 @@ def main(argv: list[str] | None = None) -> dict:
     checks = numeric_checks()
     sets = {}
     for name, (blobs, names) in corpus(args.data, args.per_kind, args.clean, args.seed).items():
-        record = compare(decode(blobs, args.qc_size, "cpu"), decode(blobs, args.qc_size, "gpu"), checks)
+        cpu = decode(blobs, args.qc_size, "cpu", decoder_only=args.decoder_only)
+        gpu = decode(blobs, args.qc_size, "gpu", decoder_only=args.decoder_only)
+        record = compare(cpu, gpu, checks)
+        if name == "damaged":
+            record["caught_by_kind"] = caught_by_kind(cpu, gpu, names)
         record["names"] = names
         sets[name] = record
     result = {"command": "python benchmarks/decoder_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": machine_words(), "dali": nvidia.dali.__version__, "qc_size": args.qc_size,
+              "decoder_only": args.decoder_only,
               "sets": sets, "seconds": time.perf_counter() - t0}
     text = markdown(result)
     print(text)

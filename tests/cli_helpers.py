@@ -13,8 +13,9 @@ from conftest import BMENGINE, pbc_files
 KILL_AFTER = [sys.executable, str(Path(__file__).with_name("kill_after_crops.py"))]
 
 
-def bmengine(*args, timeout: float = 240, prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def bmengine(*args, timeout: float = 240, prefix: list[str] | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run((prefix or BMENGINE) + [str(a) for a in args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 

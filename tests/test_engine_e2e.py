@@ -165,7 +165,7 @@ def test_outputs_name_the_model_and_version(reference, tiny_model):
     out, _ = reference
     sha = sha256_of(tiny_model)
     record = json.loads((out / "run.json").read_text())
-    assert record["model"]["sha256"] == sha and record["bmengine_version"]
+    assert record["model"]["sha256"] == sha and record["bmengine_version"] and record["model"]["device"] == "cpu"
     assert record["crops_classified"] == 69 and record["crops_per_second"] > 0
     table = pd.read_parquet(out / "differential.parquet")
     assert set(table["model_sha256"]) == {sha}

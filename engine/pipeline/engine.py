@@ -99,7 +99,9 @@ class Engine:
 
     @property
     def model_info(self) -> dict:
-        return {**self.model.model_info, "backend": self.backend.name}
+        """The model as run.json names it, with where it ran ("cpu", or "gpu:N")."""
+        device = "cpu" if self.backend.device == "cpu" else f"gpu:{self.spec.device_id}"
+        return {**self.model.model_info, "backend": self.backend.name, "device": device}
 
     def close(self) -> None:
         self.backend.close()

@@ -68,7 +68,8 @@ def truncate_eoi(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def truncate_cut(data: bytes, rng: np.random.Generator) -> bytes:
-    """The file cut short, no end-of-image marker (an interrupted copy): DALI refuses these."""
+    """The file cut short, no end-of-image marker (an interrupted copy): the engine refuses these
+    before decoding (libjpeg-turbo refuses them too; nvJPEG would decode them)."""
     start, end = scan_bounds(data)
     return data[: _point(rng, start, end)]
 

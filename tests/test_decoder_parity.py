@@ -93,7 +93,8 @@ def test_int8_calibration_crops_are_decoded_on_the_export_machines_decoder(tiny_
     pytest.importorskip("torch", reason="export needs the [train] extra")
     from bmengine.engine.backends.devices import cuda_device_count
     from bmengine.engine.model import load_card
-    from bmengine.training.export import ExportConfig, _CalibrationReader, resolve_decode_device
+    from bmengine.training.export import ExportConfig, resolve_decode_device
+    from bmengine.training.quantize import CalibrationReader
 
     assert resolve_decode_device("auto") == ("gpu" if cuda_device_count() else "cpu")
     assert resolve_decode_device("cpu") == "cpu" and resolve_decode_device("gpu") == "gpu"
@@ -101,7 +102,7 @@ def test_int8_calibration_crops_are_decoded_on_the_export_machines_decoder(tiny_
         ExportConfig(Path("c.pt"), Path("m.onnx"), decode_device="tpu")
     prep = load_card(tiny_model).preprocessing
     files = [str(f) for f in pbc_files("basophil", 4)]
-    reader = _CalibrationReader(files, prep, "image", batch_size=4, device="cpu")
+    reader = CalibrationReader(files, prep, "image", batch_size=4, device="cpu")
     assert reader.pipeline.spec.device == "cpu"
     batch = reader.get_next()["image"]
     assert batch.shape == (4, 3, prep.crop, prep.crop) and batch.dtype == np.float32

@@ -7,7 +7,8 @@ torch = pytest.importorskip("torch", reason="training needs the [train] extra")
 import onnx  # noqa: E402  (comes with torch in the [train] extra)
 
 from bmengine.engine.model.card import Preprocessing  # noqa: E402
-from bmengine.training.export import export_onnx, quantize_int8, resolve_int8_ops  # noqa: E402
+from bmengine.training.export import export_onnx  # noqa: E402
+from bmengine.training.quantize import quantize_int8, resolve_int8_ops  # noqa: E402
 from bmengine.engine.model.networks import ModelSpec, create_model  # noqa: E402
 from conftest import pbc_files  # noqa: E402
 
@@ -82,10 +83,10 @@ def test_conv_set_keeps_attention_in_fp32_and_stays_close_to_it(tmp_path):
 def test_calibration_set_not_a_multiple_of_the_batch_quantises(tmp_path, method):
     """40 crops make a batch of 32 and one of 8; the percentile calibrator stacks all batches into one
     array, so a short last batch used to fail export (a fine-tune's 350-crop training split did)."""
-    from bmengine.training.export import _CalibrationReader
+    from bmengine.training.quantize import CalibrationReader
 
     files = [str(f) for cls in ("neutrophil", "lymphocyte") for f in pbc_files(cls, 20)]
-    reader = _CalibrationReader(files, PREP, "image", batch_size=32)
+    reader = CalibrationReader(files, PREP, "image", batch_size=32)
     shapes = []
     while (batch := reader.get_next()) is not None:
         shapes.append(batch["image"].shape)
@@ -98,7 +99,7 @@ def test_calibration_set_not_a_multiple_of_the_batch_quantises(tmp_path, method)
 def test_named_nodes_stay_fp32_in_the_int8_model_and_a_fragment_that_names_none_is_refused(tmp_path):
     """``--int8-keep-fp32``: the last stage (whose features the OOD distance reads) left fp32 while
     the rest is int8; a typo must not give a plain int8 model whose card says otherwise."""
-    from bmengine.training.export import KeepFp32Error
+    from bmengine.training.quantize import KeepFp32Error
 
     fp32 = _export("regnetx_002", tmp_path / "regnet.onnx")
     last_stage = {node.name for node in onnx.load(str(fp32)).graph.node if "/s4/" in node.name}
@@ -148,7 +149,7 @@ def test_export_refuses_keep_fp32_without_an_int8_model(trained_run, tmp_path):
 
 
 def _calibration_augment(preset: str = "cross-lab", **options):
-    from bmengine.training.export import CalibrationAugment
+    from bmengine.training.quantize import CalibrationAugment
 
     return CalibrationAugment.resolve(preset, options, {"config": {}}, PREP.crop)
 
@@ -157,12 +158,12 @@ def test_augmented_calibration_sees_each_real_batch_clean_and_then_changed():
     """``--calibration-augment``: every clean batch is handed to the calibrator as before, followed by
     an augmented copy of the same crops (so the clean ranges stay covered); an augmentation that does
     nothing gives back the clean batch to within a grey level."""
-    from bmengine.training.export import _CalibrationReader
+    from bmengine.training.quantize import CalibrationReader
 
     files = _calibration()
 
     def batches(augment):
-        reader = _CalibrationReader(files, PREP, "image", batch_size=8, augment=augment)
+        reader = CalibrationReader(files, PREP, "image", batch_size=8, augment=augment)
         out = []
         while (batch := reader.get_next()) is not None:
             out.append(batch["image"])
@@ -243,7 +244,7 @@ def test_calibration_that_would_exhaust_memory_is_refused_with_a_count_that_fits
     available memory is refused before calibrating, naming the largest count that fits."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from bmengine.training.export import CalibrationMemoryError, activation_bytes_per_crop, check_calibration_memory
+    from bmengine.training.quantize import CalibrationMemoryError, activation_bytes_per_crop, check_calibration_memory
 
     def per_crop(size: int, ops):
         torch.manual_seed(0)

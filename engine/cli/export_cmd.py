@@ -72,7 +72,7 @@ def export(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     from bmengine.training.checkpoint import UnsafeCheckpointError
-    from bmengine.training.export import CalibrationMemoryError, KeepFp32Error
+    from bmengine.training.quantize import CalibrationMemoryError, KeepFp32Error
 
     try:
         paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))

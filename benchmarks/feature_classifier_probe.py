@@ -33,6 +33,24 @@ MODEL = REPO / "engine/assets/models/pbc_coatnet0_cs_int8.onnx"
 CHECKPOINT = REPO / "engine/assets/models/pbc_coatnet0_cs.checkpoint.pt"
 
 
+def shipped_default():
+    """(card, classes, feature tap, pipeline): the shipped default's checkpoint in fp32 on 2 CPU
+    threads, with a second output (its penultimate features), and the engine's pipeline for it."""
+    import torch
+
+    from bmengine.engine.model.card import load_card
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+    from bmengine.training.checkpoint import load_model
+    from bmengine.training.ood import feature_model
+
+    torch.set_num_threads(2)
+    card = load_card(MODEL)
+    classes = list(card.classes)
+    model, _ = load_model(CHECKPOINT)
+    return (card, classes, feature_model(model.float(), len(classes)),
+            CropPipeline(PipelineSpec.from_preprocessing(card.preprocessing, batch_size=64)))
+
+
 def features_of(tap, pipeline, files: list[Path], batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(logits, penultimate features) of the crops, decoded by the engine's own pipeline."""
     import torch
@@ -91,21 +109,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    import torch
-
     from bmengine.engine.dataset import ImageFolder, stratified_split
-    from bmengine.engine.model.card import load_card
-    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
-    from bmengine.training.checkpoint import load_model
-    from bmengine.training.ood import feature_model
 
-    torch.set_num_threads(2)
     t0 = time.perf_counter()
-    card = load_card(MODEL)
-    classes = list(card.classes)
-    model, _ = load_model(CHECKPOINT)
-    tap = feature_model(model.float(), len(classes))
-    pipeline = CropPipeline(PipelineSpec.from_preprocessing(card.preprocessing, batch_size=64))
+    card, classes, tap, pipeline = shipped_default()
 
     pbc = ImageFolder.scan(DATA / "pbc", tuple(classes))
     train_idx, val_idx = stratified_split(pbc.labels, float(card.training["val_fraction"]), int(card.training["seed"]))

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cross_lab import DATA  # noqa: E402
-from feature_classifier_probe import CHECKPOINT, MODEL, REPO, features_of, macro_f1  # noqa: E402
+from feature_classifier_probe import CHECKPOINT, MODEL, REPO, features_of, macro_f1, shipped_default  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -39,24 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     from bmengine.engine.dataset import ImageFolder, stratified_split
     from bmengine.engine.labels import LabelMap
-    from bmengine.engine.model.card import load_card
-    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
-    from bmengine.training.checkpoint import load_model
-    from bmengine.training.ood import feature_model
 
-    torch.set_num_threads(2)
     t0 = time.perf_counter()
-    card = load_card(MODEL)
-    classes = list(card.classes)
+    card, classes, tap, pipeline = shipped_default()
     n = len(classes)
-    model, _ = load_model(CHECKPOINT)
-    tap = feature_model(model.float(), n)
-    pipeline = CropPipeline(PipelineSpec.from_preprocessing(card.preprocessing, batch_size=64))
 
     pbc = ImageFolder.scan(DATA / "pbc", tuple(classes))
     train_idx, val_idx = stratified_split(pbc.labels, float(card.training["val_fraction"]), int(card.training["seed"]))

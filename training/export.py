@@ -21,14 +21,14 @@ given its OOD threshold like the others.
 
 Decoder (issue 13 item 9): the crops int8 is calibrated on and the OOD statistics are fitted on are
 decoded by the engine's own pipeline on ``decode_device``: ``auto`` is the GPU (nvJPEG, DALI
-"mixed") on a machine with one, else the CPU (libjpeg-turbo). A GPU machine exports for the
-decoder its plans will run with. With chroma upsampling aligned (engine/preprocess/dali_pipeline.py)
-nvJPEG and libjpeg-turbo differ by IDCT rounding, a grey level or two on some pixels, which should
-move a 99.99th-percentile activation range by far less than one int8 step, so either decoder's
-int8 model should run on the other (an H100 measured max 2 grey levels on clean crops,
-benchmarks/results/2026-11-26-h100-gpu-path.md; int8 calibrated on nvJPEG's pictures has not run). The card records which decoder it was
-(``training.calibration_decoder``). The validation passes (metrics, temperature, OOD threshold)
-run through ONNX Runtime, whose backend decodes on the CPU.
+"mixed") on a machine with one, else the CPU (libjpeg-turbo). A GPU machine exports for the decoder
+its plans will run with. With chroma upsampling aligned (engine/preprocess/dali_pipeline.py) nvJPEG
+and libjpeg-turbo differ by IDCT rounding, a grey level or two on some pixels, which should move a
+99.99th-percentile activation range by far less than one int8 step, so either decoder's int8 model
+should run on the other (an H100 measured at most 2 grey levels on clean crops,
+benchmarks/results/2026-11-26-h100-gpu-path.md; int8 calibrated on nvJPEG's pictures has not run).
+The card records which decoder it was (``training.calibration_decoder``). The validation passes
+(metrics, temperature, OOD threshold) run through ONNX Runtime, whose backend decodes on the CPU.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ from bmengine.engine import __version__
 from bmengine.engine.model.card import ModelCard, Preprocessing, sha256_of, write_card
 from bmengine.training.checkpoint import started_from
 from bmengine.training.quantize import (CALIBRATION_METHODS, INT8_OP_SETS, CalibrationAugment, CalibrationMemoryError,
-                                        KeepFp32Error,
-                                        check_calibration_augment, check_int8_ops, kept_fp32_nodes,
+                                        KeepFp32Error, check_calibration_augment, check_int8_ops, kept_fp32_nodes,
                                         quantize_int8, resolve_int8_ops)
 from bmengine.training.trainer import _save, command_line
 

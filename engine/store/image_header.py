@@ -33,7 +33,9 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # colour type -> channels after palette expansion
 
 
-def _jpeg(data: bytes) -> ImageHeader:
+def _jpeg_segments(data: bytes):
+    """(position, marker) of each JPEG segment after SOI, up to and including the first start of
+    scan (0xDA) or end of image (0xD9); HeaderError where the marker structure breaks."""
     pos = 2  # after SOI
     while pos + 4 <= len(data):
         if data[pos] != 0xFF:
@@ -45,9 +47,19 @@ def _jpeg(data: bytes) -> ImageHeader:
         if marker in _STANDALONE:
             pos += 2
             continue
+        yield pos, marker
+        if marker in (0xD9, 0xDA):
+            return
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            raise HeaderError(f"JPEG segment at byte {pos} has invalid length {length}")
+        pos += 2 + length
+
+
+def _jpeg(data: bytes) -> ImageHeader:
+    for pos, marker in _jpeg_segments(data):
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             break
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if marker in _SOF:
             if pos + 9 >= len(data):
                 break
@@ -56,9 +68,6 @@ def _jpeg(data: bytes) -> ImageHeader:
             if height == 0:
                 raise HeaderError("JPEG frame header gives height 0 (size set later by a DNL marker)")
             return ImageHeader("jpeg", width, height, channels)
-        if length < 2:
-            raise HeaderError(f"JPEG segment at byte {pos} has invalid length {length}")
-        pos += 2 + length
     raise HeaderError("JPEG has no frame header (SOF) before its image data")
 
 
@@ -70,22 +79,12 @@ def jpeg_is_cut_short(data: bytes | memoryview) -> bool:
     data cannot hold 0xFFD9 (a 0xFF byte there is followed by 0x00 or a restart marker), so any
     0xFFD9 after the scan header ends the image; an embedded thumbnail's own lies before the scan."""
     data = bytes(data)
-    pos = 2  # after SOI
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False  # not a marker where one belongs: the decoder names that damage itself
-        marker = data[pos + 1]
-        if marker == 0xFF or marker in _STANDALONE:
-            pos += 1 if marker == 0xFF else 2
-            continue
-        if marker == 0xD9:
-            return False
-        if marker == 0xDA:
-            return data.find(b"\xff\xd9", pos + 2) == -1
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if length < 2:
-            return False
-        pos += 2 + length
+    try:
+        for pos, marker in _jpeg_segments(data):
+            if marker == 0xDA:
+                return data.find(b"\xff\xd9", pos + 2) == -1
+    except HeaderError:
+        return False  # broken structure: the decoder names that damage itself
     return False
 
 

@@ -229,11 +229,13 @@ def test_int8_ood_head_stays_fp32_and_its_score_is_close_to_fp32(trained_run):
     # the directions where training features barely vary: the scores rise but keep their order, and
     # the int8 card's threshold is set on the int8 model's own validation scores. Measured with the
     # symmetric int8 export (percentile ranges): on this 6-step model, trained afresh on each
-    # machine, Spearman 0.66-0.9 and a median ratio of about 5; on the shipped default the two
-    # thresholds are 64 (fp32) and 99 (int8). A quantised or broken head gives Spearman about 0
-    # (+-0.16 on 40 crops).
+    # machine, Spearman 0.66-0.9 and a median ratio of about 5, once 10.7 (a fresh clone,
+    # 2026-11-26); on the shipped default the two thresholds are 64 (fp32) and 99 (int8). A
+    # quantised or broken head gives Spearman about 0 (+-0.16 on 40 crops): the order is the check,
+    # the ratio only bounds the scale (a head applied to unscaled features would be off by orders
+    # of magnitude).
     assert spearmanr(fp32, int8).statistic > 0.5
-    assert 0.5 < np.median(int8 / fp32) < 10
+    assert 0.5 < np.median(int8 / fp32) < 30
     assert card.ood["threshold"] != load_card(trained_run.with_name("tiny.onnx")).ood["threshold"]
 
 

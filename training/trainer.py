@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from bmengine.engine.bench import machine_words
+from bmengine.training.feature_style import FeatureStyleConfig, attach_feature_style
+from bmengine.training.losses.consistency import jensen_shannon
 from bmengine.training.augment import AugmentConfig, augment, center_crop, describe, make_augment_config, normalize
 from bmengine.training.checkpoint import load_checkpoint
 from bmengine.training.dataset import ImageFolder, stratified_split
@@ -70,13 +72,26 @@ class TrainConfig:
     keep_every: int = 0  # also keep epoch_NNN.pt every N epochs (0: only last.pt and best.pt; each is ~100-300 MB)
     augment: str = "basic"  # augmentation preset (training/augment.py PRESETS); "cross-lab" for stain/scale/camera shift
     augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
+    consistency: float = 0.0  # > 0: two augmented views per crop, plus this weight x their Jensen-Shannon divergence
+    feature_style: FeatureStyleConfig = field(default_factory=FeatureStyleConfig)  # MixStyle / DSU in the early stages
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature_style, dict):  # read back from a checkpoint's recorded config
+            self.feature_style = FeatureStyleConfig(**self.feature_style)
+        if self.consistency < 0:
+            raise ValueError(f"consistency weight must be >= 0, got {self.consistency}")
 
     def augment_config(self) -> AugmentConfig:
         return make_augment_config(self.augment, crop=self.crop, **self.augment_options)
 
     def augment_record(self) -> dict:
         """What the checkpoint (and the exported card's ``training.augmentation``) records."""
-        return {"preset": self.augment, "options": dict(self.augment_options), "config": describe(self.augment_config())}
+        record = {"preset": self.augment, "options": dict(self.augment_options), "config": describe(self.augment_config())}
+        if self.consistency > 0:
+            record["consistency"] = {"views": 2, "weight": self.consistency, "divergence": "jensen_shannon"}
+        if self.feature_style.method != "none":
+            record["feature_style"] = asdict(self.feature_style)
+        return record
 
 
 def command_line(argv: list[str]) -> str:
@@ -260,6 +275,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     aug_cfg = cfg.augment_config()
     if cfg.augment != "basic" or cfg.augment_options:
         log(f"augmentation {cfg.augment} {cfg.augment_options or ''}: {describe(aug_cfg)}")
+    if cfg.consistency > 0:
+        log(f"consistency: two augmented views per crop, Jensen-Shannon weight {cfg.consistency}")
+    style_hooks = attach_feature_style(model, cfg.feature_style, cfg.seed * 1000 + start_epoch)
+    if style_hooks is not None:
+        log(f"feature style: {cfg.feature_style.method} after the first two stages, p {cfg.feature_style.p}")
     machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -274,10 +294,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             idx = np.sort(train_idx[batch])
             x = torch.from_numpy(np.asarray(images[idx]))
             y = torch.from_numpy(labels[idx])
-            x = augment(x, aug_cfg, generator).mul_(255).to(torch.uint8)
+            views = 2 if cfg.consistency > 0 else 1
+            x = torch.cat([augment(x, aug_cfg, generator) for _ in range(views)]).mul_(255).to(torch.uint8)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(normalize(x, cfg.mean, cfg.std))
-            loss = criterion(logits, y)
+            loss = criterion(logits, y.repeat(views))
+            if views == 2:
+                loss = loss + cfg.consistency * jensen_shannon(*logits.chunk(2))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -323,6 +346,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         if cfg.keep_every and (epoch + 1) % cfg.keep_every == 0:
             _save(state, ckpt_dir / f"epoch_{epoch + 1:03d}.pt")
         _save(state, last)
+    if style_hooks is not None:
+        style_hooks.remove()
     summary = {"config": asdict(cfg), "taxonomy": taxonomy, "history": history, "best_macro_f1": best_f1}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -47,6 +47,13 @@ def train(
                                               "blur/noise/JPEG; see docs/training.md).")] = "basic",
     augment_opt: Annotated[Optional[list[str]], typer.Option(help="Override one augmentation field, KEY=VALUE, repeatable "
                                                                   "(e.g. zoom_range=0.7,2.2 hue=90 jpeg_p=0.5).")] = None,
+    consistency: Annotated[float, typer.Option(
+        min=0.0, help="Two augmented views of every crop and this weight times the Jensen-Shannon divergence of "
+                      "their predictions (AugMix uses 12); 0: one view. Doubles the training cost.")] = 0.0,
+    feature_style: Annotated[str, typer.Option(
+        help="Re-style the first two stages' features in training: none, mixstyle (mix channel statistics "
+             "between crops) or dsu (perturb them); inference is unchanged.")] = "none",
+    feature_style_p: Annotated[float, typer.Option(help="Chance per batch and stage of --feature-style.")] = 0.5,
     init_from: Annotated[Optional[Path], typer.Option(
         help="Start from this checkpoint's weights (same backbone and classes), e.g. a short clean-augmentation "
              "pass over a cross-lab model; see docs/training.md.")] = None,
@@ -71,10 +78,12 @@ def train(
         typer.echo(f"losses:    {', '.join(LOSSES.names())}")
         return
     from bmengine.training.augment import make_augment_config, parse_augment_options
+    from bmengine.training.feature_style import FeatureStyleConfig
 
     try:
         augment_options = parse_augment_options(augment_opt)
         make_augment_config(augment, crop=crop, **augment_options)
+        style = FeatureStyleConfig(method=feature_style, p=feature_style_p)
     except (KeyError, ValueError) as exc:
         raise typer.BadParameter(str(exc).strip('"')) from None
     if data_dir is None or out is None:
@@ -88,7 +97,7 @@ def train(
         resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
         max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
         augment=augment, augment_options=augment_options, warmup_epochs=warmup_epochs,
-        init_from=str(init_from) if init_from else None,
+        init_from=str(init_from) if init_from else None, consistency=consistency, feature_style=style,
     )
     from bmengine.training.checkpoint import UnsafeCheckpointError
     from bmengine.training.trainer import InitWeightsError

@@ -22,6 +22,7 @@ import torch
 from bmengine.engine.bench import machine_words
 from bmengine.training.feature_style import FeatureStyleConfig, attach_feature_style
 from bmengine.training.losses.consistency import jensen_shannon
+from bmengine.training.weight_average import WeightAverage, recompute_batch_norm
 from bmengine.training.augment import AugmentConfig, augment, center_crop, describe, make_augment_config, normalize
 from bmengine.training.checkpoint import load_checkpoint
 from bmengine.training.dataset import ImageFolder, stratified_split
@@ -74,12 +75,15 @@ class TrainConfig:
     augment_options: dict = field(default_factory=dict)  # AugmentConfig field -> value, over the preset
     consistency: float = 0.0  # > 0: two augmented views per crop, plus this weight x their Jensen-Shannon divergence
     feature_style: FeatureStyleConfig = field(default_factory=FeatureStyleConfig)  # MixStyle / DSU in the early stages
+    average_from: int | None = None  # SWA: average the weights at every step after this many epochs; BN re-measured
 
     def __post_init__(self) -> None:
         if isinstance(self.feature_style, dict):  # read back from a checkpoint's recorded config
             self.feature_style = FeatureStyleConfig(**self.feature_style)
         if self.consistency < 0:
             raise ValueError(f"consistency weight must be >= 0, got {self.consistency}")
+        if self.average_from is not None and not 0 <= self.average_from < self.epochs:
+            raise ValueError(f"average_from must be an epoch count in [0, {self.epochs}), got {self.average_from}")
 
     def augment_config(self) -> AugmentConfig:
         return make_augment_config(self.augment, crop=self.crop, **self.augment_options)
@@ -185,6 +189,44 @@ def predict(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, batch_
     return np.concatenate(probs)
 
 
+def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.ndarray, labels: np.ndarray,
+                    train_idx: np.ndarray, val_idx: np.ndarray, dataset: ImageFolder, classes: tuple[str, ...],
+                    taxonomy: str, cfg: TrainConfig, ckpt_dir: Path, log: Callable[[str], None],
+                    bn_batches: int = 50) -> dict:
+    """Put the weight average into the model, re-measure batch norm on augmented training batches, score
+    it on the validation split and make it the run's ``last.pt`` (and ``best.pt`` if it is the best)."""
+    from bmengine.engine.taxonomy import get_taxonomy
+
+    averager.apply_to(model)
+    rng = np.random.default_rng(cfg.seed * 1000 + 999)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + 999)
+    aug_cfg = cfg.augment_config()
+
+    def batches():
+        for batch in SAMPLERS[cfg.sampler](labels[train_idx], cfg.batch_size, rng)[:bn_batches]:
+            x = torch.from_numpy(np.asarray(images[np.sort(train_idx[batch])]))
+            x = augment(x, aug_cfg, generator).mul_(255).to(torch.uint8)
+            yield normalize(x, cfg.mean, cfg.std)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        seen = recompute_batch_norm(model, batches())
+    report = classification_report(dataset.labels[val_idx], predict(model, images[val_idx], cfg), list(classes),
+                                   taxonomy=get_taxonomy(taxonomy))
+    record = {"from_epoch": cfg.average_from, "steps_averaged": averager.count, "batch_norm_images": seen,
+              "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"]}
+    log(f"weight average of {averager.count} steps (after epoch {cfg.average_from}), batch norm re-measured on "
+        f"{seen} crops: val acc {report['accuracy']:.4f} macro-F1 {report['macro_f1']:.4f}")
+    last = ckpt_dir / "last.pt"
+    state = load_checkpoint(last, require=RESUME_KEYS)
+    state.update(model=model.state_dict(), val_report=_plain(report), weight_average=None,
+                 weight_average_summary=record)  # applied: a longer resumed run averages afresh
+    if report["macro_f1"] > state["best_macro_f1"]:
+        state["best_macro_f1"] = report["macro_f1"]
+        _save(state, ckpt_dir / "best.pt")
+    _save(state, last)
+    return record
+
+
 class InitWeightsError(ValueError):
     """``--init-from`` names weights that cannot start this run; nothing was trained."""
 
@@ -243,10 +285,12 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     train_labels = labels[train_idx]
 
     spec = ModelSpec(cfg.backbone, cfg.attention, len(classes), input_size=cfg.crop)
+    torch.manual_seed(cfg.seed)  # the initial weights: one seed, one run
     model = create_model(spec).to(memory_format=torch.channels_last)
     criterion = create_loss(LossSpec(cfg.loss, cfg.loss_options), np.bincount(train_labels, minlength=len(classes)))
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
+    averager: WeightAverage | None = None
     if cfg.init_from and not (resume and last.is_file()):  # a resumed fine-tune continues its own weights
         try:
             model.load_state_dict(_init_weights(Path(cfg.init_from), spec, classes))
@@ -264,6 +308,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best_f1 = state["epoch"], state["history"], state["best_macro_f1"]
+        if state.get("weight_average"):
+            averager = WeightAverage.from_state(state["weight_average"])
         log(f"resumed from {last} after epoch {start_epoch}")
 
     steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -304,6 +350,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if cfg.average_from is not None and epoch >= cfg.average_from:
+                if averager is None:
+                    averager = WeightAverage(model)
+                else:
+                    averager.update(model)
             losses.append(loss.item())
             if (i + 1) % 20 == 0:
                 rate = (i + 1) * cfg.batch_size / (time.perf_counter() - t_epoch)
@@ -339,6 +390,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "val_report": _plain(report),
             "command": command_line(sys.argv),
             "augmentation": _plain(cfg.augment_record()),
+            "weight_average": averager.to_state() if averager is not None else None,
         }
         if report["macro_f1"] > best_f1:
             best_f1 = report["macro_f1"]
@@ -349,5 +401,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if style_hooks is not None:
         style_hooks.remove()
     summary = {"config": asdict(cfg), "taxonomy": taxonomy, "history": history, "best_macro_f1": best_f1}
+    if averager is not None:
+        summary["weight_average"] = _finish_average(model, averager, images, labels, train_idx, val_idx, dataset,
+                                                   classes, taxonomy, cfg, ckpt_dir, log)
+        best_f1 = summary["best_macro_f1"] = max(best_f1, summary["weight_average"]["val_macro_f1"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -54,6 +54,9 @@ def train(
         help="Re-style the first two stages' features in training: none, mixstyle (mix channel statistics "
              "between crops) or dsu (perturb them); inference is unchanged.")] = "none",
     feature_style_p: Annotated[float, typer.Option(help="Chance per batch and stage of --feature-style.")] = 0.5,
+    average_from: Annotated[Optional[int], typer.Option(
+        min=0, help="Average the weights at every step after this many epochs (SWA) and re-measure batch norm at the "
+                    "end; last.pt is the average. E.g. 1 of --epochs 4.")] = None,
     init_from: Annotated[Optional[Path], typer.Option(
         help="Start from this checkpoint's weights (same backbone and classes), e.g. a short clean-augmentation "
              "pass over a cross-lab model; see docs/training.md.")] = None,
@@ -90,15 +93,19 @@ def train(
         raise typer.BadParameter("give DATA_DIR and --out RUN_DIR (or --list to see the catalogue)")
     if init_from is not None and not init_from.is_file():
         raise typer.BadParameter(f"{init_from}: checkpoint not found", param_hint="--init-from")
-    cfg = TrainConfig(
-        data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
-        loss=loss, sampler=sampler, balance_to=balance_to,
-        hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-        resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
-        max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
-        augment=augment, augment_options=augment_options, warmup_epochs=warmup_epochs,
-        init_from=str(init_from) if init_from else None, consistency=consistency, feature_style=style,
-    )
+    try:
+        cfg = TrainConfig(
+            data_dir=str(data_dir), run_dir=str(out), taxonomy=taxonomy, backbone=backbone, attention=attention,
+            loss=loss, sampler=sampler, balance_to=balance_to,
+            hue_range=tuple(float(v) for v in hue_range.split(",")) if hue_range else None, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+            resize=resize, crop=crop, val_fraction=val_fraction, seed=seed, limit_per_class=limit_per_class,
+            max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
+            augment=augment, augment_options=augment_options, warmup_epochs=warmup_epochs,
+            init_from=str(init_from) if init_from else None, consistency=consistency, feature_style=style,
+            average_from=average_from,
+        )
+    except ValueError as exc:  # a value only the whole config can judge, e.g. --average-from past --epochs
+        raise typer.BadParameter(str(exc)) from None
     from bmengine.training.checkpoint import UnsafeCheckpointError
     from bmengine.training.trainer import InitWeightsError
 

@@ -15,6 +15,7 @@ from bmengine.engine.cli import (
     finetune_cmd,
     ingest_cmd,
     interpolate_cmd,
+    label_queue_cmd,
     report_cmd,
     run_cmd,
     samples_cmd,
@@ -37,7 +38,7 @@ def _root() -> None:
 
 
 for module in (ingest_cmd, run_cmd, report_cmd, train_cmd, export_cmd, eval_cmd, doctor_cmd, samples_cmd, bench_cmd,
-               compile_cmd, ablate_cmd, explain_cmd, finetune_cmd, interpolate_cmd):
+               compile_cmd, ablate_cmd, explain_cmd, finetune_cmd, interpolate_cmd, label_queue_cmd):
     module.register(app)
 
 

@@ -39,7 +39,14 @@ def warned_run(tmp_path_factory):
     ingest(crops, root / "slides")
     result = bmengine("run", root / "slides", "--model", DEFAULT_MODEL, "--out", root / "out")
     assert result.returncode == 0, result.stdout + result.stderr
+    (root / "run.stderr").write_text(result.stderr)
     return root
+
+
+def test_the_run_names_the_warned_slide_and_the_way_to_adapt(warned_run):
+    console = (warned_run / "run.stderr").read_text()
+    assert "1 slide(s) with a domain warning" in console
+    assert f"bmengine label-queue {warned_run / 'slides'} --run {warned_run / 'out'}" in console
 
 
 def test_only_the_warned_slide_is_drawn_from_with_its_original_bytes(warned_run, tmp_path):

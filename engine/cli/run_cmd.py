@@ -165,6 +165,11 @@ def _run(slides_dir, out, model, batch_size, threads, scheduler, device_id, limi
     ok = sum(s.status != "failed" for s in result.statuses)
     rate = f"{result.crops_per_second:.0f} crops/s" if result.crops_per_second else "nothing left to classify"
     console.print(f"{ok}/{len(result.statuses)} slides done ({rate})")
+    if warned := [s.slide_id for s in result.statuses if s.domain_warning]:
+        console.print(f"[bold yellow]{len(warned)} slide(s) with a domain warning[/]: their counts do not hold for "
+                      f"this model. To adapt it to your lab: `bmengine label-queue {esc(cfg.slides_dir)} --run "
+                      f"{esc(out)} --out to_label/`, correct the folders, then `bmengine finetune` (README: \"Can I "
+                      "trust the counts on my lab's slides?\")")
     if result.report:
         console.print(f"report: {esc(result.report)}")
     if shard is None:

@@ -86,6 +86,51 @@ def test_zoom_2x_makes_a_real_cell_four_times_larger(pbc_batch):
     assert same.shape == x.shape and (same - x).abs().max() < 1e-5  # factor 1 is the identity
 
 
+def _sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Variance of the Laplacian of the grey image, per image (float NHWC in 0..1)."""
+    g = images.mean(-1)
+    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+    return lap.var(dim=(1, 2))
+
+
+def test_zoom_ins_from_a_detailed_cache_are_sharp_and_at_1x_are_the_engines_picture(pbc_batch):
+    """From the 112 px cache a 2x zoom upsamples 56 px: a soft picture no real lab shows. Taken from
+    the same crops decoded at 224 px it keeps the detail of an unzoomed crop."""
+    from bmengine.training.image_cache import decode_files
+    from conftest import PBC
+
+    classes = sorted(p.name for p in PBC.iterdir() if p.is_dir())
+    detail, errors = decode_files([pbc_files(c, 1)[0] for c in classes], 224)
+    assert not any(errors)
+    detail = torch.from_numpy(detail)
+    same = A.zoom_in_from_detail(detail, torch.ones(8), 112)
+    assert (same * 255 - pbc_batch.float()).abs().mean() < 1.0  # the engine's own 112 px picture, near enough
+    soft = A.zoom(pbc_batch.float() / 255, torch.full((8,), 2.0))
+    sharp = A.zoom_in_from_detail(detail, torch.full((8,), 2.0), 112)
+    unzoomed = _sharpness(pbc_batch.float() / 255)
+    assert (_sharpness(sharp) > 3 * _sharpness(soft)).all()
+    assert _sharpness(sharp).mean() > 0.5 * unzoomed.mean()  # about as sharp as an unzoomed crop
+    assert (sharp - soft).abs().mean() < 0.03  # the same field of view: only the detail differs
+
+
+def test_augment_takes_only_zoom_ins_from_the_detail(pbc_batch):
+    from bmengine.training.image_cache import decode_files
+    from conftest import PBC
+
+    classes = sorted(p.name for p in PBC.iterdir() if p.is_dir())
+    detail = torch.from_numpy(decode_files([pbc_files(c, 1)[0] for c in classes], 224)[0])
+    cfg = A.make_augment_config("scale", crop=112, zoom_range=(0.7, 2.2), flips=False, rot90=False,
+                                brightness=0.0, contrast=0.0, zoom_detail=2.0)
+    plain = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(5))
+    detailed = A.augment(pbc_batch, cfg, torch.Generator().manual_seed(5), detail)
+    g = torch.Generator().manual_seed(5)  # the factors augment drew
+    factors = torch.exp(A._uniform(8, math.log(0.7), math.log(2.2), g))
+    ins = factors > 1
+    assert ins.any() and (~ins).any()
+    assert torch.equal(plain[~ins], detailed[~ins])  # zoom-outs as before
+    assert (_sharpness(detailed[ins]) > _sharpness(plain[ins])).all()
+
+
 def test_hed_jitter_scales_the_haematoxylin_channel_and_identity_is_identity(pbc_batch):
     x = pbc_batch.float() / 255
     n = len(x)
@@ -211,3 +256,18 @@ def test_train_cli_refuses_an_unknown_preset(tmp_path):
     result = subprocess.run(BMENGINE + ["train", str(tmp_path), "--out", str(tmp_path / "r"), "--augment", "wild"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 2 and "unknown augmentation preset" in result.stderr
+
+
+def test_a_run_with_zoom_detail_caches_the_larger_images_and_trains(tmp_path, pbc_subset):
+    from bmengine.training.trainer import TrainConfig, train
+
+    lines = []
+    cfg = TrainConfig(data_dir=str(pbc_subset), run_dir=str(tmp_path / "run"), backbone="regnetx_002", attention="none",
+                      epochs=1, batch_size=8, resize=72, crop=64, max_steps_per_epoch=2, limit_per_class=4,
+                      val_fraction=0.25, augment="cross-lab", augment_options={"zoom_detail": 2.0})
+    summary = train(cfg, log=lines.append)
+    assert math.isfinite(summary["history"][0]["train_loss"])
+    assert any(line.startswith("zoom-ins from images cached at 144 px") for line in lines)
+    assert len(list((tmp_path / "run" / "cache").glob("images-*.npy"))) == 2  # 72 px and 144 px
+    with pytest.raises(ValueError, match="zoom_detail does not combine with balance_to"):
+        TrainConfig(data_dir="d", run_dir="r", augment="cross-lab", augment_options={"zoom_detail": 2.0}, balance_to=50)

@@ -52,6 +52,7 @@ class AugmentConfig:
     # --- cross-lab augmentation; every default is off ---
     zoom_range: tuple[float, float] | None = None  # field-of-view scale, log-uniform; 2.0 = cell twice as large
     zoom_p: float = 1.0  # share of the batch zoomed (the others keep the cached scale)
+    zoom_detail: float = 1.0  # > 1: zoom-ins resampled from a cache this many times larger (sharp, not upsampled)
     hed_scale: float = 0.0  # per-image H, E, D optical-density factor U(1-s, 1+s)
     hed_shift: float = 0.0  # per-image H, E, D optical-density offset U(-b, b)
     tint: float = 0.0  # per-image, per-channel RGB gain U(1-t, 1+t) (background tint / white balance)
@@ -254,15 +255,38 @@ def _subset(n: int, p: float, generator: torch.Generator) -> torch.Tensor:
     return torch.nonzero(torch.rand(n, generator=generator) < p).flatten()
 
 
-def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """uint8 NHWC in, float NHWC in 0..1 out (normalisation comes after)."""
+def zoom_in_from_detail(detail: torch.Tensor, factors: torch.Tensor, size: int) -> torch.Tensor:
+    """Zoom each image about its centre by ``factors[i]`` (>= 1) taking the pixels from ``detail``, the
+    same images cached larger (uint8 NHWC): the central ``1 / factor`` of the frame is resized down
+    (antialiased) to ``size``, so a 2x zoom shows real detail, as a microscope at 2x would, instead of
+    an upsampled, softer picture. float NHWC in 0..1 out."""
+    side = detail.shape[1]
+    out = torch.empty(len(factors), size, size, 3)
+    for i, factor in enumerate(factors.tolist()):
+        region = max(1, min(side, round(side / factor)))
+        top = (side - region) // 2
+        patch = detail[i, top : top + region, top : top + region].permute(2, 0, 1)[None].float().div_(255.0)
+        out[i] = F.interpolate(patch, size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].permute(1, 2, 0)
+    return out.clamp_(0, 1)
+
+
+def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+            detail: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 NHWC in, float NHWC in 0..1 out (normalisation comes after). ``detail``: the same images
+    cached ``cfg.zoom_detail`` times larger; zoom-ins are then taken from it (``zoom_in_from_detail``)."""
     n, h, w, _ = images.shape
     if cfg.zoom_range is not None:  # before the crop, on the whole resized image
         lo, hi = math.log(cfg.zoom_range[0]), math.log(cfg.zoom_range[1])
         factors = torch.exp(_uniform(n, lo, hi, generator))
         if cfg.zoom_p < 1:
             factors[torch.rand(n, generator=generator) >= cfg.zoom_p] = 1.0
-        images = zoom(images.float().div_(255.0), factors)
+        zoomed = zoom(images.float().div_(255.0), factors)
+        if detail is not None:
+            ins = torch.nonzero(factors > 1).flatten()
+            if len(ins):
+                zoomed[ins] = zoom_in_from_detail(detail[ins], factors[ins], h)
+        images = zoomed
     tops = torch.randint(0, h - cfg.crop + 1, (n,), generator=generator)
     lefts = torch.randint(0, w - cfg.crop + 1, (n,), generator=generator)
     out = torch.stack([images[i, t : t + cfg.crop, l : l + cfg.crop] for i, (t, l) in enumerate(zip(tops, lefts))])

@@ -82,6 +82,8 @@ class TrainConfig:
             self.feature_style = FeatureStyleConfig(**self.feature_style)
         if self.consistency < 0:
             raise ValueError(f"consistency weight must be >= 0, got {self.consistency}")
+        if self.balance_to and self.augment_config().zoom_detail > 1:
+            raise ValueError("zoom_detail does not combine with balance_to (the offline copies have no detailed twin)")
         if self.average_from is not None and not 0 <= self.average_from < self.epochs:
             raise ValueError(f"average_from must be an epoch count in [0, {self.epochs}), got {self.average_from}")
 
@@ -189,7 +191,20 @@ def predict(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, batch_
     return np.concatenate(probs)
 
 
-def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.ndarray, labels: np.ndarray,
+def _detail_images(files, cfg: TrainConfig, cache_dir: Path, hue, log: Callable[[str], None]) -> np.ndarray | None:
+    """The training images cached ``zoom_detail`` times larger, where zoom-ins take their pixels from."""
+    aug_cfg = cfg.augment_config()
+    if aug_cfg.zoom_detail <= 1 or aug_cfg.zoom_range is None:
+        return None
+    side = int(round(cfg.resize * aug_cfg.zoom_detail))
+    t0 = time.perf_counter()
+    detail = cached_images(files, side, cache_dir / "images", hue_range=hue)
+    log(f"zoom-ins from images cached at {side} px ({time.perf_counter() - t0:.1f}s)")
+    return detail
+
+
+def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.ndarray, detail: np.ndarray | None,
+                    labels: np.ndarray,
                     train_idx: np.ndarray, val_idx: np.ndarray, dataset: ImageFolder, classes: tuple[str, ...],
                     taxonomy: str, cfg: TrainConfig, ckpt_dir: Path, log: Callable[[str], None],
                     bn_batches: int = 50) -> dict:
@@ -204,8 +219,9 @@ def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.
 
     def batches():
         for batch in SAMPLERS[cfg.sampler](labels[train_idx], cfg.batch_size, rng)[:bn_batches]:
-            x = torch.from_numpy(np.asarray(images[np.sort(train_idx[batch])]))
-            x = augment(x, aug_cfg, generator).mul_(255).to(torch.uint8)
+            idx = np.sort(train_idx[batch])
+            sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
+            x = augment(torch.from_numpy(np.asarray(images[idx])), aug_cfg, generator, sharp).mul_(255).to(torch.uint8)
             yield normalize(x, cfg.mean, cfg.std)
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -275,6 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     hue = tuple(cfg.hue_range) if cfg.hue_range else None
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir / "cache"
     images = cached_images(dataset.files, cfg.resize, cache_dir / "images", hue_range=hue)
+    detail = _detail_images(dataset.files, cfg, cache_dir, hue, log)
     log(f"images decoded/cached in {time.perf_counter() - t0:.1f}s")
     labels = dataset.labels
     if cfg.balance_to:
@@ -341,7 +358,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             x = torch.from_numpy(np.asarray(images[idx]))
             y = torch.from_numpy(labels[idx])
             views = 2 if cfg.consistency > 0 else 1
-            x = torch.cat([augment(x, aug_cfg, generator) for _ in range(views)]).mul_(255).to(torch.uint8)
+            sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
+            x = torch.cat([augment(x, aug_cfg, generator, sharp) for _ in range(views)]).mul_(255).to(torch.uint8)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(normalize(x, cfg.mean, cfg.std))
             loss = criterion(logits, y.repeat(views))
@@ -402,7 +420,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         style_hooks.remove()
     summary = {"config": asdict(cfg), "taxonomy": taxonomy, "history": history, "best_macro_f1": best_f1}
     if averager is not None:
-        summary["weight_average"] = _finish_average(model, averager, images, labels, train_idx, val_idx, dataset,
+        summary["weight_average"] = _finish_average(model, averager, images, detail, labels, train_idx, val_idx, dataset,
                                                    classes, taxonomy, cfg, ckpt_dir, log)
         best_f1 = summary["best_macro_f1"] = max(best_f1, summary["weight_average"]["val_macro_f1"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -203,11 +203,10 @@ def _detail_images(files, cfg: TrainConfig, cache_dir: Path, hue, log: Callable[
     return detail
 
 
-def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.ndarray, detail: np.ndarray | None,
-                    labels: np.ndarray,
-                    train_idx: np.ndarray, val_idx: np.ndarray, dataset: ImageFolder, classes: tuple[str, ...],
-                    taxonomy: str, cfg: TrainConfig, ckpt_dir: Path, log: Callable[[str], None],
-                    bn_batches: int = 50) -> dict:
+def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.ndarray,
+                    detail: np.ndarray | None, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+                    dataset: ImageFolder, classes: tuple[str, ...], taxonomy: str, cfg: TrainConfig, ckpt_dir: Path,
+                    log: Callable[[str], None], bn_batches: int = 50) -> dict:
     """Put the weight average into the model, re-measure batch norm on augmented training batches, score
     it on the validation split and make it the run's ``last.pt`` (and ``best.pt`` if it is the best)."""
     from bmengine.engine.taxonomy import get_taxonomy
@@ -340,13 +339,15 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         log(f"augmentation {cfg.augment} {cfg.augment_options or ''}: {describe(aug_cfg)}")
     if cfg.consistency > 0:
         log(f"consistency: two augmented views per crop, Jensen-Shannon weight {cfg.consistency}")
-    style_hooks = attach_feature_style(model, cfg.feature_style, cfg.seed * 1000 + start_epoch)
+    style_hooks = attach_feature_style(model, cfg.feature_style, cfg.seed)
     if style_hooks is not None:
         log(f"feature style: {cfg.feature_style.method} after the first two stages, p {cfg.feature_style.p}")
     machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        if style_hooks is not None:  # per epoch, so a resumed run draws what an unbroken one would
+            style_hooks.generator.manual_seed(cfg.seed * 1000 + epoch + 500)
         batches = sampler(train_labels, cfg.batch_size, rng)[:steps_per_epoch]
         model.train()
         t_epoch, losses = time.perf_counter(), []

@@ -131,25 +131,46 @@ def _finished_slides(cfg: LabelQueueConfig) -> tuple[list[_Slide], list[str], st
     return chosen, skipped, models.pop()
 
 
-def _usable_rows(slide: _Slide) -> tuple[list[dict], tuple[str, ...]]:
-    """The slide's crops that decoded and passed the QC (``unknown`` kept), and the model's classes."""
-    table = pq.read_table(slide.cells_path).to_pandas()
-    classes = tuple(c.removeprefix("prob_") for c in table.columns if c.startswith("prob_"))
-    usable = table[table["error"].isna() & table["qc_flags"].fillna("").isin(USABLE_FLAGS)]
-    return usable.to_dict("records"), classes
+ROW_COLUMNS = ["cell_index", "source", "predicted", "confidence", "error", "qc_flags", "ood_score"]
+
+
+def _model_classes(cells_path: Path) -> tuple[str, ...]:
+    names = pq.read_schema(cells_path).names
+    return tuple(c.removeprefix("prob_") for c in names if c.startswith("prob_"))
+
+
+def _usable(cells_path: Path, columns: list[str]):
+    """The slide's crops that decoded and passed the QC (``unknown`` kept): a pandas frame."""
+    table = pq.read_table(cells_path, columns=columns).to_pandas()
+    return table[table["error"].isna() & table["qc_flags"].fillna("").isin(USABLE_FLAGS)]
 
 
 def _draw(slides: list[_Slide], per_class: int, seed: int) -> tuple[list[tuple[_Slide, dict]], tuple[str, ...]]:
-    """Up to ``per_class`` usable crops per predicted class, at random over all chosen slides."""
-    pool, classes = [], ()
-    for slide in slides:
-        rows, classes = _usable_rows(slide)  # one model made every slide's table (checked), so one class list
-        pool.extend((slide, row) for row in rows)
+    """Up to ``per_class`` usable crops per predicted class, uniformly at random over all chosen slides.
+
+    Two passes keep memory to a count per slide and class, whatever the archive's size: the first
+    counts each slide's usable crops per class, a multivariate hypergeometric draw says how many
+    each slide gives, the second reads just those rows."""
+    classes = _model_classes(slides[0].cells_path)  # one model made every slide's table (checked)
+    counts = np.zeros((len(slides), len(classes)), dtype=np.int64)
+    for i, slide in enumerate(slides):
+        predicted = _usable(slide.cells_path, ["predicted", "error", "qc_flags"])["predicted"]
+        counts[i] = [int((predicted == name).sum()) for name in classes]
     rng = np.random.default_rng(seed)
+    share = np.zeros_like(counts)
+    for c in range(len(classes)):
+        if counts[:, c].sum():
+            share[:, c] = rng.multivariate_hypergeometric(counts[:, c], min(per_class, int(counts[:, c].sum())))
     drawn = []
-    for name in classes:
-        members = [item for item in pool if item[1]["predicted"] == name]
-        drawn.extend(members[i] for i in sorted(rng.permutation(len(members))[:per_class]))
+    for i, slide in enumerate(slides):
+        if not share[i].any():
+            continue
+        usable = _usable(slide.cells_path, ROW_COLUMNS)
+        for c, name in enumerate(classes):
+            rows = usable[usable["predicted"] == name]
+            if share[i, c]:
+                pick = np.sort(rng.choice(len(rows), size=int(share[i, c]), replace=False))
+                drawn.extend((slide, row) for row in rows.iloc[pick].to_dict("records"))
     return drawn, classes
 
 

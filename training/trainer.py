@@ -220,8 +220,9 @@ def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.
         for batch in SAMPLERS[cfg.sampler](labels[train_idx], cfg.batch_size, rng)[:bn_batches]:
             idx = np.sort(train_idx[batch])
             sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
-            x = augment(torch.from_numpy(np.asarray(images[idx])), aug_cfg, generator, sharp).mul_(255).to(torch.uint8)
-            yield normalize(x, cfg.mean, cfg.std)
+            with torch.autocast("cpu", enabled=False):  # augment in float32, as in training; only the model in bf16
+                x = augment(torch.from_numpy(np.asarray(images[idx])), aug_cfg, generator, sharp)
+            yield normalize(x.mul_(255).to(torch.uint8), cfg.mean, cfg.std)
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         seen = recompute_batch_norm(model, batches())

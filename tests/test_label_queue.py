@@ -118,3 +118,14 @@ def test_a_store_changed_since_the_run_is_left_out(warned_run, tmp_path):
     assert result.returncode == 2
     assert "tecom-lab" in result.stderr and "changed since the run" in result.stderr
     assert not queue.exists()
+
+
+def test_a_damaged_cells_table_is_named_and_nothing_is_written(warned_run, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(warned_run / "out", out, ignore=shutil.ignore_patterns(".bmengine.lock"))
+    table = out / "tecom-lab" / "cells.parquet"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    queue = tmp_path / "q"
+    result = bmengine("label-queue", warned_run / "slides", "--run", out, "--out", queue)
+    assert result.returncode == 2 and "cells.parquet: cannot be read as a cells table" in result.stderr
+    assert not queue.exists() and not queue.with_name("q.partial").exists()

@@ -99,12 +99,17 @@ def _finished_slides(cfg: LabelQueueConfig) -> tuple[list[_Slide], list[str], st
     for marker in markers:
         try:
             record = json.loads(marker.read_text(encoding="utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
             skipped.append(f"{marker}: unreadable ({exc})")
             continue
         slide_id = str(record.get("slide_id", marker.parent.name))
         if record.get("status") != "ok":
             skipped.append(f"{slide_id}: not finished (status {record.get('status')!r})")
+            continue
+        if not (marker.parent / "cells.parquet").is_file():
+            skipped.append(f"{slide_id}: its cells.parquet is missing")
             continue
         warning = str(record.get("domain_warning") or "")
         if not warning and not cfg.all_slides:
@@ -151,11 +156,17 @@ def _draw(slides: list[_Slide], per_class: int, seed: int) -> tuple[list[tuple[_
     Two passes keep memory to a count per slide and class, whatever the archive's size: the first
     counts each slide's usable crops per class, a multivariate hypergeometric draw says how many
     each slide gives, the second reads just those rows."""
-    classes = _model_classes(slides[0].cells_path)  # one model made every slide's table (checked)
-    counts = np.zeros((len(slides), len(classes)), dtype=np.int64)
-    for i, slide in enumerate(slides):
-        predicted = _usable(slide.cells_path, ["predicted", "error", "qc_flags"])["predicted"]
-        counts[i] = [int((predicted == name).sum()) for name in classes]
+    classes: tuple[str, ...] = ()
+    counts = []
+    for slide in slides:
+        try:
+            classes = classes or _model_classes(slide.cells_path)  # one model made every table (checked)
+            predicted = _usable(slide.cells_path, ["predicted", "error", "qc_flags"])["predicted"]
+        except (OSError, ValueError, KeyError) as exc:  # pyarrow's errors derive from these
+            raise LabelQueueError(f"{slide.cells_path}: cannot be read as a cells table ({exc}); "
+                                  f"re-run `bmengine run` for slide {slide.slide_id}") from None
+        counts.append([int((predicted == name).sum()) for name in classes])
+    counts = np.asarray(counts, dtype=np.int64)
     rng = np.random.default_rng(seed)
     share = np.zeros_like(counts)
     for c in range(len(classes)):

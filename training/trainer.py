@@ -191,6 +191,14 @@ def predict(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, batch_
     return np.concatenate(probs)
 
 
+def _augmented_batch(images: np.ndarray, detail: np.ndarray | None, idx: np.ndarray, aug_cfg: AugmentConfig,
+                     generator: torch.Generator, views: int = 1) -> torch.Tensor:
+    """The crops ``idx`` augmented ``views`` times (stacked), as uint8 NHWC; zoom-ins from ``detail`` if given."""
+    x = torch.from_numpy(np.asarray(images[idx]))
+    sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
+    return torch.cat([augment(x, aug_cfg, generator, sharp) for _ in range(views)]).mul_(255).to(torch.uint8)
+
+
 def _detail_images(files, cfg: TrainConfig, cache_dir: Path, hue, log: Callable[[str], None]) -> np.ndarray | None:
     """The training images cached ``zoom_detail`` times larger, where zoom-ins take their pixels from."""
     aug_cfg = cfg.augment_config()
@@ -218,11 +226,9 @@ def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.
 
     def batches():
         for batch in SAMPLERS[cfg.sampler](labels[train_idx], cfg.batch_size, rng)[:bn_batches]:
-            idx = np.sort(train_idx[batch])
-            sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
             with torch.autocast("cpu", enabled=False):  # augment in float32, as in training; only the model in bf16
-                x = augment(torch.from_numpy(np.asarray(images[idx])), aug_cfg, generator, sharp)
-            yield normalize(x.mul_(255).to(torch.uint8), cfg.mean, cfg.std)
+                x = _augmented_batch(images, detail, np.sort(train_idx[batch]), aug_cfg, generator)
+            yield normalize(x, cfg.mean, cfg.std)
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         seen = recompute_batch_norm(model, batches())
@@ -343,6 +349,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     style_hooks = attach_feature_style(model, cfg.feature_style, cfg.seed)
     if style_hooks is not None:
         log(f"feature style: {cfg.feature_style.method} after the first two stages, p {cfg.feature_style.p}")
+    views = 2 if cfg.consistency > 0 else 1
     machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
@@ -357,11 +364,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
             idx = np.sort(train_idx[batch])
-            x = torch.from_numpy(np.asarray(images[idx]))
             y = torch.from_numpy(labels[idx])
-            views = 2 if cfg.consistency > 0 else 1
-            sharp = torch.from_numpy(np.asarray(detail[idx])) if detail is not None else None
-            x = torch.cat([augment(x, aug_cfg, generator, sharp) for _ in range(views)]).mul_(255).to(torch.uint8)
+            x = _augmented_batch(images, detail, idx, aug_cfg, generator, views)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(normalize(x, cfg.mean, cfg.std))
             loss = criterion(logits, y.repeat(views))
@@ -424,6 +428,6 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if averager is not None:
         summary["weight_average"] = _finish_average(model, averager, images, detail, labels, train_idx, val_idx, dataset,
                                                    classes, taxonomy, cfg, ckpt_dir, log)
-        best_f1 = summary["best_macro_f1"] = max(best_f1, summary["weight_average"]["val_macro_f1"])
+        summary["best_macro_f1"] = max(best_f1, summary["weight_average"]["val_macro_f1"])
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -208,7 +208,7 @@ def build_label_queue(cfg: LabelQueueConfig) -> LabelQueue:
     writer = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     counts = {name: 0 for name in classes}
-    formats = {slide.slide_id: slide.store.formats() for slide in slides}
+    formats = {slide.slide_id: slide.store.formats() for slide in {s.slide_id: s for s, _ in drawn}.values()}
     for slide, row in drawn:
         index = int(row["cell_index"])
         data, problem = _crop_bytes(slide.store, index)

@@ -130,8 +130,8 @@ def describe(cfg: AugmentConfig) -> dict:
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 NHWC -> float NCHW (channels_last memory), normalised like the engine's DALI pipeline."""
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 

@@ -56,8 +56,8 @@ def _beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:
 def mixstyle(x: torch.Tensor, cfg: FeatureStyleConfig, generator: torch.Generator) -> torch.Tensor:
     """Each image's channel statistics mixed with a random batch partner's."""
     mean, std = _statistics(x)
-    weight = _beta(cfg.alpha, x.shape[0], generator).view(-1, 1, 1, 1).to(x.dtype)
-    partner = torch.randperm(x.shape[0], generator=generator)
+    weight = _beta(cfg.alpha, x.shape[0], generator).view(-1, 1, 1, 1).to(x.device, x.dtype)
+    partner = torch.randperm(x.shape[0], generator=generator).to(x.device)  # drawn on the CPU: same on any device
     mixed_mean = weight * mean + (1 - weight) * mean[partner]
     mixed_std = weight * std + (1 - weight) * std[partner]
     return (x - mean) / std * mixed_std + mixed_mean
@@ -68,7 +68,7 @@ def dsu(x: torch.Tensor, cfg: FeatureStyleConfig, generator: torch.Generator) ->
     mean, std = _statistics(x)
     mean_spread = (mean.var(dim=0, keepdim=True) + EPS).sqrt()
     std_spread = (std.var(dim=0, keepdim=True) + EPS).sqrt()
-    noise = torch.randn((2, *mean.shape), generator=generator).to(x.dtype)
+    noise = torch.randn((2, *mean.shape), generator=generator).to(x.device, x.dtype)
     new_mean = mean + noise[0] * mean_spread
     new_std = torch.maximum(std + noise[1] * std_spread, 0.1 * std)  # never erase or flip a channel
     return (x - mean) / std * new_std + new_mean

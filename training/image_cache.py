@@ -38,13 +38,18 @@ def decode_files(
     return images, errors
 
 
-def cached_images(files: Sequence[Path], size: int, cache_path: Path | None, **kwargs) -> np.ndarray:
-    """Decode ``files`` or load them from ``cache_path`` (keyed by the file list and size)."""
+def cache_file(files: Sequence[Path], size: int, cache_path: Path, hue_range=None) -> Path:
+    """Where ``cached_images`` keeps these files decoded at ``size``: keyed by the file list, size and hue."""
     import hashlib
 
-    key = hashlib.sha256(("\n".join(map(str, files)) + f"|{size}|{kwargs.get('hue_range')}").encode()).hexdigest()[:16]
+    key = hashlib.sha256(("\n".join(map(str, files)) + f"|{size}|{hue_range}").encode()).hexdigest()[:16]
+    return Path(cache_path).with_name(f"{Path(cache_path).stem}-{key}.npy")
+
+
+def cached_images(files: Sequence[Path], size: int, cache_path: Path | None, **kwargs) -> np.ndarray:
+    """Decode ``files`` or load them from ``cache_path`` (keyed by the file list and size)."""
     if cache_path is not None:
-        target = Path(cache_path).with_name(f"{Path(cache_path).stem}-{key}.npy")
+        target = cache_file(files, size, cache_path, kwargs.get("hue_range"))
         if target.is_file():
             return np.load(target, mmap_mode="r")
     images, errors = decode_files(files, size, **kwargs)

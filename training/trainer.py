@@ -26,6 +26,7 @@ from bmengine.training.weight_average import WeightAverage, recompute_batch_norm
 from bmengine.training.augment import AugmentConfig, augment, center_crop, describe, make_augment_config, normalize
 from bmengine.training.checkpoint import load_checkpoint
 from bmengine.training.dataset import ImageFolder, stratified_split
+from bmengine.training.device import device_words, resolve_device
 from bmengine.training.image_cache import cached_images
 from bmengine.training.losses import LossSpec, create_loss
 from bmengine.training.metrics import classification_report
@@ -76,6 +77,7 @@ class TrainConfig:
     consistency: float = 0.0  # > 0: two augmented views per crop, plus this weight x their Jensen-Shannon divergence
     feature_style: FeatureStyleConfig = field(default_factory=FeatureStyleConfig)  # MixStyle / DSU in the early stages
     average_from: int | None = None  # SWA: average the weights at every step after this many epochs; BN re-measured
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (training/device.py); augmentation stays on the CPU
 
     def __post_init__(self) -> None:
         if isinstance(self.feature_style, dict):  # read back from a checkpoint's recorded config
@@ -171,23 +173,36 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"checkpoint metadata cannot hold a {type(value).__name__}: {value!r}")
 
 
+def _on_cpu(value: Any) -> Any:
+    """Every tensor in a (nested) checkpoint moved to the CPU: a run trained on a GPU loads anywhere."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def _save(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
+    torch.save(_on_cpu(state), tmp)
     tmp.replace(path)
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, batch_size: int = 128) -> np.ndarray:
-    """Softmax probabilities for uint8 NHWC images at the resize size (centre crop, as the engine)."""
+    """Softmax probabilities for uint8 NHWC images at the resize size (centre crop, as the engine),
+    computed on the device the model is on."""
     model.eval()
+    device = next(model.parameters()).device
     probs = []
     for start in range(0, len(images), batch_size):
         batch = center_crop(torch.from_numpy(np.asarray(images[start : start + batch_size])), cfg.crop)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model(normalize(batch, cfg.mean, cfg.std))
-        probs.append(logits.float().softmax(dim=1).numpy())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(normalize(batch.to(device), cfg.mean, cfg.std))
+        probs.append(logits.float().softmax(dim=1).cpu().numpy())
     return np.concatenate(probs)
 
 
@@ -220,6 +235,7 @@ def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.
     from bmengine.engine.taxonomy import get_taxonomy
 
     averager.apply_to(model)
+    device = next(model.parameters()).device
     rng = np.random.default_rng(cfg.seed * 1000 + 999)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + 999)
     aug_cfg = cfg.augment_config()
@@ -228,9 +244,9 @@ def _finish_average(model: torch.nn.Module, averager: WeightAverage, images: np.
         for batch in SAMPLERS[cfg.sampler](labels[train_idx], cfg.batch_size, rng)[:bn_batches]:
             with torch.autocast("cpu", enabled=False):  # augment in float32, as in training; only the model in bf16
                 x = _augmented_batch(images, detail, np.sort(train_idx[batch]), aug_cfg, generator)
-            yield normalize(x, cfg.mean, cfg.std)
+            yield normalize(x.to(device), cfg.mean, cfg.std)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
         seen = recompute_batch_norm(model, batches())
     report = classification_report(dataset.labels[val_idx], predict(model, images[val_idx], cfg), list(classes),
                                    taxonomy=get_taxonomy(taxonomy))
@@ -269,6 +285,7 @@ def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> dict
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train to ``cfg.epochs``; returns the final summary also written to ``RUN_DIR/summary.json``."""
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)  # before any work: a missing GPU is said at once
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.pt"
@@ -309,8 +326,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
     spec = ModelSpec(cfg.backbone, cfg.attention, len(classes), input_size=cfg.crop)
     torch.manual_seed(cfg.seed)  # the initial weights: one seed, one run
-    model = create_model(spec).to(memory_format=torch.channels_last)
-    criterion = create_loss(LossSpec(cfg.loss, cfg.loss_options), np.bincount(train_labels, minlength=len(classes)))
+    model = create_model(spec).to(device, memory_format=torch.channels_last)
+    criterion = create_loss(LossSpec(cfg.loss, cfg.loss_options),
+                            np.bincount(train_labels, minlength=len(classes))).to(device)
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
     averager: WeightAverage | None = None
@@ -332,7 +350,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best_f1 = state["epoch"], state["history"], state["best_macro_f1"]
         if state.get("weight_average"):
-            averager = WeightAverage.from_state(state["weight_average"])
+            averager = WeightAverage.from_state(state["weight_average"], device)
         log(f"resumed from {last} after epoch {start_epoch}")
 
     steps_per_epoch = len(train_idx) // cfg.batch_size
@@ -351,6 +369,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         log(f"feature style: {cfg.feature_style.method} after the first two stages, p {cfg.feature_style.p}")
     views = 2 if cfg.consistency > 0 else 1
     machine = machine_words()  # per epoch in the history: a resumed run may continue elsewhere
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels once
+    log(f"training on {device_words(device)}")
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -364,9 +385,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
             idx = np.sort(train_idx[batch])
-            y = torch.from_numpy(labels[idx])
-            x = _augmented_batch(images, detail, idx, aug_cfg, generator, views)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            y = torch.from_numpy(labels[idx]).to(device)
+            x = _augmented_batch(images, detail, idx, aug_cfg, generator, views).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 logits = model(normalize(x, cfg.mean, cfg.std))
             loss = criterion(logits, y.repeat(views))
             if views == 2:
@@ -394,6 +415,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "val_macro_f1": report["macro_f1"],
             "seconds": time.perf_counter() - t_epoch,
             "machine": machine,
+            "device": device_words(device),
         }
         history.append(record)
         metrics_dir = run_dir / "metrics"

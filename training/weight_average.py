@@ -29,12 +29,13 @@ class WeightAverage:
                 self.mean[key].add_(value.detach().float() - self.mean[key], alpha=1.0 / self.count)
 
     def to_state(self) -> dict:
-        return {"count": self.count, "mean": {k: v.clone() for k, v in self.mean.items()}}
+        return {"count": self.count, "mean": {k: v.to("cpu", copy=True) for k, v in self.mean.items()}}
 
     @classmethod
-    def from_state(cls, state: dict) -> "WeightAverage":
+    def from_state(cls, state: dict, device: torch.device | str = "cpu") -> "WeightAverage":
+        """Read back from a checkpoint, onto the device the model trains on."""
         average = cls.__new__(cls)
-        average.mean = {k: v.float().clone() for k, v in state["mean"].items()}
+        average.mean = {k: v.float().to(device, copy=True) for k, v in state["mean"].items()}
         average.count = int(state["count"])
         return average
 

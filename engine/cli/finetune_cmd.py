@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bmengine.engine.cli.options import LabelMapOption, SeedOption
+from bmengine.engine.cli.options import LabelMapOption, SeedOption, TrainDeviceOption
 
 
 def finetune(
@@ -29,6 +29,7 @@ def finetune(
                                                           "many labels does a lab need?")] = None,
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
+    device: TrainDeviceOption = "auto",
 ) -> None:
     """Train MODEL further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
     lab's held-out score and the original validation split's."""
@@ -47,7 +48,8 @@ def finetune(
         checkpoint = checkpoint_of(model)
         cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
                              val_fraction=val_fraction, seed=seed, name=name, replay_per_class=replay,
-                             train_per_class=train_per_class, model=model if checkpoint != model else None)
+                             train_per_class=train_per_class, model=model if checkpoint != model else None,
+                             device=device)
         if checkpoint != model:
             typer.echo(f"{model}: fine-tuning its checkpoint {checkpoint}", err=True)
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))

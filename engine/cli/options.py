@@ -35,6 +35,9 @@ LrOption = Annotated[float, typer.Option(help="Peak learning rate.")]
 ResizeOption = Annotated[int, typer.Option(help="Crops are resized to this square size first.")]
 CropOption = Annotated[int, typer.Option(help="Network input size (random crop in training, centre crop after).")]
 SeedOption = Annotated[int, typer.Option(help="Seed of the stratified split and the run.")]
+TrainDeviceOption = Annotated[str, typer.Option(
+    "--device", help="Where the network trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or "
+    "cuda:N. Augmentation runs on the CPU either way, drawing the same crops.")]
 LimitPerClassOption = Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")]
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")]
 LabelMapOption = Annotated[Optional[Path], typer.Option(

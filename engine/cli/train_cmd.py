@@ -17,6 +17,7 @@ from bmengine.engine.cli.options import (
     MaxStepsOption,
     ResizeOption,
     SeedOption,
+    TrainDeviceOption,
 )
 
 
@@ -62,6 +63,9 @@ def train(
              "pass over a cross-lab model; see docs/training.md.")] = None,
     warmup_epochs: Annotated[float, typer.Option(
         min=0.0, help="Linear learning-rate warm-up, in epochs (0 when continuing from --init-from weights).")] = 0.5,
+    device: TrainDeviceOption = "auto",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for augmentation (and for the "
+                                         "network on a CPU).")] = 2,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""
@@ -102,16 +106,17 @@ def train(
             max_steps_per_epoch=max_steps_per_epoch, keep_every=keep_every,
             augment=augment, augment_options=augment_options, warmup_epochs=warmup_epochs,
             init_from=str(init_from) if init_from else None, consistency=consistency, feature_style=style,
-            average_from=average_from,
+            average_from=average_from, device=device, threads=threads,
         )
     except ValueError as exc:  # a value only the whole config can judge, e.g. --average-from past --epochs
         raise typer.BadParameter(str(exc)) from None
     from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.device import DeviceUnavailableError
     from bmengine.training.trainer import InitWeightsError
 
     try:
         summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
-    except (UnsafeCheckpointError, InitWeightsError) as err:  # --init-from weights that cannot start this run
+    except (UnsafeCheckpointError, InitWeightsError, DeviceUnavailableError) as err:  # --init-from weights that cannot start this run
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")

@@ -173,6 +173,8 @@ def _stage_config(arm: Arm, stage: str, runs: Path, cache_dir: Path, threads: in
     values = {**BASE_STAGE, **arm.base}
     if stage == "mixed":
         values.update(MIXED_STAGE, init_from=str(runs / arm.name / "base" / "checkpoints" / "last.pt"))
+    if max_steps:  # a smoke run: one epoch per stage
+        values["epochs"] = 1
     return TrainConfig(data_dir=str(_pbc_data_dir()), run_dir=str(runs / arm.name / stage),
                        seed=arm.seed, cache_dir=str(cache_dir), device=device, threads=threads,
                        max_steps_per_epoch=max_steps, **values)
@@ -283,8 +285,11 @@ def score_arm(name: str, runs: Path, cache_dir: Path, device: str) -> dict:
             rows = [i for i, r in enumerate(manifest["wbc"]) if r["subset"] == subset and r["half"] == half]
             truth = np.asarray([manifest["wbc"][i]["class"] for i in rows])
             wbc[f"{subset}_{half}"] = float((predicted[rows] == truth).mean())
+    import hashlib
+
+    split = hashlib.sha256((runs / name / "base" / "split.json").read_bytes()).hexdigest()
     return {"pbc_val_macro_f1": report["macro_f1"], "pbc_val_accuracy": report["accuracy"], **wbc,
-            "history": state["history"]}
+            "split_sha256": split, "history": state["history"]}  # split: the same as a run here?
 
 
 def choose(results: dict) -> str | None:

@@ -244,3 +244,27 @@ def test_nvjpeg_and_libjpeg_turbo_give_the_same_qc_verdicts():
     # a scan cut short with its end marker re-appended: nvJPEG hides the damage better); 3-4 of the
     # corpus's 320 (benchmarks/results/2026-11-26-h100-gpu-path.md), and which ones varies between runs
     assert len(differ) <= len(damaged) // 12, f"{len(differ)} of {len(damaged)} damaged crops caught by one decoder only: {differ}"
+
+
+@needs_gpu
+def test_training_on_cuda_follows_the_cpu_run(pbc_subset, tmp_path):
+    """`--device cuda` against `--device cpu`, same seed: augmentation runs on the CPU in both, so the
+    same crops, zooms and colours are drawn, and the initial weights are the same. With bf16 off both
+    compute in float32 (TF32 off), so the first epoch's losses agree closely; checkpoints come back
+    with CPU tensors. The same code trained full-size runs on an H200 (2026-11-26,
+    benchmarks/results/2026-11-26-h200-training.md); this test itself has not run on a GPU yet."""
+    import torch
+
+    from bmengine.training.trainer import TrainConfig, train
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = TrainConfig(data_dir=str(pbc_subset), run_dir=str(tmp_path / device), backbone="regnetx_002", resize=40,
+                          crop=32, batch_size=16, epochs=1, max_steps_per_epoch=4, limit_per_class=8, bf16=False,
+                          augment="cross-lab", device=device)
+        runs[device] = train(cfg, log=lambda m: None)["history"][0]
+    assert runs["cuda"]["device"].startswith("cuda:0 (")
+    assert abs(runs["cuda"]["train_loss"] - runs["cpu"]["train_loss"]) < 1e-2 * max(1.0, runs["cpu"]["train_loss"])
+    state = torch.load(tmp_path / "cuda" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for v in state["model"].values())

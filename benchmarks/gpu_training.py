@@ -136,6 +136,17 @@ def join(parts: list[Path], out: Path) -> None:
     blob = b"".join(p.read_bytes() for p in sorted(parts))
     state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     state["model"] = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+    state["data_note"] = (f"trained on a lent GPU by benchmarks/gpu_training.py: the {state['config']['data_dir']} "
+                          f"images decoded by the engine's DALI pipeline at {RESIZE} px and carried re-encoded as JPEG "
+                          f"quality {QUALITY} 4:4:4 (mean |d| 1.6 grey levels); weights carried in half precision")
+    if "started_from" not in state and state["config"].get("init_from"):  # runs from before the trainer kept it
+        arm = next(a for a in ARMS.values() if f"/{a.name}/base/" in state["config"]["init_from"])
+        base = {**BASE_STAGE, **arm.base}
+        state["started_from"] = {
+            "checkpoint": state["config"]["init_from"], "epochs": base["epochs"], "lr": base["lr"], "init_from": None,
+            "command": f"python benchmarks/gpu_training.py train-arm {arm.name} (its base stage)",
+            "augmentation": {"preset": base["augment"], "options": base["augment_options"]},
+            "note": "left on the lent GPU machine; this record is the arm's recipe in benchmarks/gpu_training.py"}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     print(f"{out}: {state['config']['backbone']} seed {state['config']['seed']}, epoch {state['epoch']}")

@@ -66,6 +66,24 @@ def test_export_of_a_run_from_given_weights_says_how_those_were_trained(tuned_ru
     assert "--init-from" in training["command"] and record["augmentation"]["preset"]
 
 
+def test_the_starting_point_is_recorded_at_training_time(tuned_run, tmp_path):
+    """The run keeps how its starting weights were trained in its own checkpoints, so its export
+    tells the lineage on a machine where the starting checkpoint is not (a run trained elsewhere)."""
+    base, tuned = tuned_run
+    state = torch.load(tuned, map_location="cpu", weights_only=True)
+    recorded = state["started_from"]
+    assert recorded["checkpoint"] == str(base) and recorded["epochs"] == 2 and len(recorded["sha256"]) == 64
+    elsewhere = tmp_path / "checkpoints" / "last.pt"  # as if exported on another machine: the base is not there
+    elsewhere.parent.mkdir()
+    torch.save({**state, "config": {**state["config"], "init_from": str(tmp_path / "gone" / "last.pt")}}, elsewhere)
+    out = tmp_path / "elsewhere.onnx"
+    exported = bmengine("export", elsewhere, "--out", out, "--no-int8", "--no-ood", "--no-calibrate",
+                        "--no-evaluate", timeout=600)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    card = json.loads(out.with_name("elsewhere.onnx.card.json").read_text())
+    assert card["training"]["started_from"] == recorded
+
+
 def test_init_from_weights_of_another_network_is_refused(trained_run, pbc_subset, tmp_path):
     base = trained_run.parents[1] / "checkpoints" / "last.pt"
     other = [a if a != "se" else "none" for a in TINY]  # the same backbone without its SE blocks

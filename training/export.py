@@ -256,6 +256,9 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
             "train_seconds": round(sum(h["seconds"] for h in state["history"]), 1),
             "train_img_per_s": round(float(np.mean([h["train_img_per_s"] for h in state["history"]])), 1),
             "machines": sorted({h["machine"] for h in state["history"] if "machine" in h}),
+            "devices": sorted({h["device"] for h in state["history"] if "device" in h}),
+            # how the training images differed from the data folder's, when they did (benchmarks/gpu_training.py)
+            **({"data_note": state["data_note"]} if state.get("data_note") else {}),
             "history": state["history"],
             # the augmentation recipe (models trained before it was recorded used the basic one)
             "augmentation": state.get("augmentation") or {"preset": cfg.get("augment", "basic"),
@@ -271,7 +274,7 @@ def _card(state: dict, weights: Path, precision: str, name: str, prep: Preproces
 
 #: what a checkpoint shipped beside its model keeps: enough to fine-tune it and to export it again
 SHIPPED_CHECKPOINT_KEYS = ("model", "model_spec", "config", "classes", "taxonomy", "command", "epoch", "history",
-                           "augmentation", "interpolated")
+                           "augmentation", "interpolated", "data_note", "started_from")
 
 
 def write_half_precision_checkpoint(state: dict, path: Path) -> Path:
@@ -371,7 +374,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     checkpoint = _checkpoint_record(cfg, state, log)
     # a run started from another's weights (`train --init-from`): the card's own training fields
     # describe only that run, so say how the weights it started from were trained
-    started = started_from(tcfg)
+    started = state.get("started_from") or started_from(tcfg)  # recorded at training time since 2026-11-26
     if cfg.fp16:
         from bmengine.training.fp16 import fp16_path_for, to_fp16
 

@@ -24,7 +24,7 @@ from bmengine.training.feature_style import FeatureStyleConfig, attach_feature_s
 from bmengine.training.losses.consistency import jensen_shannon
 from bmengine.training.weight_average import WeightAverage, recompute_batch_norm
 from bmengine.training.augment import AugmentConfig, augment, center_crop, describe, make_augment_config, normalize
-from bmengine.training.checkpoint import load_checkpoint
+from bmengine.training.checkpoint import load_checkpoint, provenance
 from bmengine.training.dataset import ImageFolder, stratified_split
 from bmengine.training.device import device_words, resolve_device
 from bmengine.training.image_cache import cached_images
@@ -269,9 +269,11 @@ class InitWeightsError(ValueError):
     """``--init-from`` names weights that cannot start this run; nothing was trained."""
 
 
-def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> dict:
+def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> tuple[dict, dict]:
     """The weights of the checkpoint a run starts from, refused with the reason when they cannot fit
-    this run's network (another backbone, size or class list) rather than with a tensor-shape dump."""
+    this run's network (another backbone, size or class list) rather than with a tensor-shape dump;
+    and how that checkpoint was trained (``provenance``), kept in this run's checkpoints so that an
+    export on a machine without the starting checkpoint still tells its lineage."""
     state = load_checkpoint(path, require=("model",))
     theirs = state.get("model_spec")
     if theirs is not None and (theirs.get("backbone"), theirs.get("attention")) != (spec.backbone, spec.attention):
@@ -279,7 +281,7 @@ def _init_weights(path: Path, spec: ModelSpec, classes: tuple[str, ...]) -> dict
                                f"this run builds {spec.backbone} + {spec.attention} (match --backbone and --attention)")
     if state.get("classes") is not None and tuple(state["classes"]) != tuple(classes):
         raise InitWeightsError(f"--init-from {path}: its classes {list(state['classes'])} are not this run's {list(classes)}")
-    return state["model"]
+    return state["model"], provenance(path, state)
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -332,9 +334,11 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     optimizer = _optimizer(model, cfg)
     start_epoch, history, best_f1 = 0, [], -1.0
     averager: WeightAverage | None = None
+    lineage: dict | None = None  # provenance of the --init-from checkpoint
     if cfg.init_from and not (resume and last.is_file()):  # a resumed fine-tune continues its own weights
+        weights, lineage = _init_weights(Path(cfg.init_from), spec, classes)
         try:
-            model.load_state_dict(_init_weights(Path(cfg.init_from), spec, classes))
+            model.load_state_dict(weights)
         except RuntimeError as err:  # e.g. an attention model's position tables at another --crop
             first = str(err).strip().splitlines()[-1].strip()
             raise InitWeightsError(f"--init-from {cfg.init_from}: its weights do not fit this run's network ({first})") from None
@@ -349,6 +353,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history, best_f1 = state["epoch"], state["history"], state["best_macro_f1"]
+        lineage = state.get("started_from", lineage)
         if state.get("weight_average"):
             averager = WeightAverage.from_state(state["weight_average"], device)
         log(f"resumed from {last} after epoch {start_epoch}")
@@ -437,6 +442,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
             "command": command_line(sys.argv),
             "augmentation": _plain(cfg.augment_record()),
             "weight_average": averager.to_state() if averager is not None else None,
+            **({"started_from": lineage} if lineage else {}),
         }
         if report["macro_f1"] > best_f1:
             best_f1 = report["macro_f1"]

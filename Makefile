@@ -9,6 +9,7 @@ TRAIN_STAMP := $(VENV)/.bmengine-train
 PBC ?= ../shared/data/pbc
 RUN_DIR ?= runs/default-cross-lab
 MIXED_RUN_DIR ?= runs/default-mixed-pass
+TRAIN_FLAGS ?=  # e.g. --device cuda --threads 12 on a GPU machine (training runs on the GPU by default when torch sees one)
 EXPORT := $(MIXED_RUN_DIR)/export/pbc_coatnet0_cs.onnx
 FAST_RUN_DIR ?= runs/fast-pbc-regnetx
 
@@ -44,15 +45,17 @@ test: $(TRAIN_STAMP)
 ## weights at a quarter of the learning rate with the augmentation on a quarter of each batch (about 25 min;
 ## benchmarks/results/cross-lab-recipes.md, "mixed clean pass"); export: symmetric int8 (TensorRT-ready) of its
 ## convolutions, percentile calibration, OOD head and temperature in the card, and the weights in half precision
-## beside it (what `bmengine finetune MODEL.onnx` starts from)
+## beside it (what `bmengine finetune MODEL.onnx` starts from). The weights shipped since 2026-11-26 (late) are this
+## recipe's seed-0 run trained on a lent H200 by benchmarks/gpu_training.py (about 200 s there; its card says how
+## its training images travelled): benchmarks/results/2026-11-26-h200-training.md
 default-model: $(TRAIN_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(RUN_DIR) --backbone coatnet_0 --attention none \
 		--loss cost_sensitive --epochs 10 --batch-size 64 --lr 2e-3 --resize 144 --crop 128 --seed 0 \
-		--augment cross-lab --augment-opt colour_p=0.5 --augment-opt zoom_p=0.5
+		--augment cross-lab --augment-opt colour_p=0.5 --augment-opt zoom_p=0.5 $(TRAIN_FLAGS)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) train $(PBC) --out $(MIXED_RUN_DIR) --backbone coatnet_0 --attention none \
 		--loss cost_sensitive --epochs 4 --batch-size 64 --lr 5e-4 --resize 144 --crop 128 --seed 0 \
 		--init-from $(RUN_DIR)/checkpoints/last.pt --warmup-epochs 0 \
-		--augment cross-lab --augment-opt colour_p=0.25 --augment-opt zoom_p=0.25
+		--augment cross-lab --augment-opt colour_p=0.25 --augment-opt zoom_p=0.25 $(TRAIN_FLAGS)
 	OMP_WAIT_POLICY=PASSIVE $(BMENGINE) export $(MIXED_RUN_DIR)/checkpoints/last.pt --out $(EXPORT) \
 		--name pbc-coatnet0-cs-crosslab-mixed --with-checkpoint
 	rm -f engine/assets/models/*.onnx engine/assets/models/*.card.json engine/assets/models/*.pt  # one default ships

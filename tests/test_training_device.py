@@ -63,3 +63,21 @@ def _tensors(value):
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _tensors(v)
+
+
+def test_a_finetune_does_not_inherit_where_the_base_run_trained(tmp_path):
+    """The shipped default was trained on a GPU with 3 threads per run; a lab's fine-tune of it runs
+    where the lab says (default: auto, 2 threads), not on a `cuda` its machine may not have."""
+    from dataclasses import asdict
+
+    from bmengine.training.finetune import FinetuneConfig, finetune_config
+    from bmengine.training.trainer import TrainConfig
+
+    base = asdict(TrainConfig(data_dir="pbc", run_dir="base", device="cuda", threads=3))
+    lab = FinetuneConfig(checkpoint=tmp_path / "base.pt", data_dir=tmp_path / "lab", run_dir=tmp_path / "run")
+    tuned = finetune_config(lab, base, "pbc-blood-8", tmp_path / "view")
+    assert (tuned.device, tuned.threads) == ("auto", 2)
+    chosen = FinetuneConfig(checkpoint=tmp_path / "base.pt", data_dir=tmp_path / "lab", run_dir=tmp_path / "run",
+                            device="cpu", threads=4)
+    again = finetune_config(chosen, base, "pbc-blood-8", tmp_path / "view")
+    assert (again.device, again.threads) == ("cpu", 4)

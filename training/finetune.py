@@ -38,6 +38,7 @@ class FinetuneConfig:
     name: str | None = None
     model: Path | None = None  # the exported model named on the command line, when it was one
     device: str = "auto"  # where the network trains (training/device.py); the base run's device is not inherited
+    threads: int = 2  # CPU threads (augmentation; the network too on a CPU); nor are its threads
 
 
 def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_map) -> Path:
@@ -141,7 +142,7 @@ def finetune_config(cfg: FinetuneConfig, base: dict, taxonomy: str, data_view: P
                   lr=cfg.lr, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction, seed=cfg.seed,
                   warmup_epochs=0.0, init_from=str(cfg.checkpoint), balance_to=None, limit_per_class=None,
                   max_steps_per_epoch=None, cache_dir=None, replay_from=str(replay) if replay else None,
-                  train_limit_per_class=cfg.train_per_class, device=cfg.device)
+                  train_limit_per_class=cfg.train_per_class, device=cfg.device, threads=cfg.threads)
     for key in ("mean", "std", "hue_range"):
         if isinstance(recipe.get(key), list):
             recipe[key] = tuple(recipe[key])

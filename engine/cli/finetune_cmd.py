@@ -30,6 +30,8 @@ def finetune(
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
     device: TrainDeviceOption = "auto",
+    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for augmentation (and for the "
+                                         "network on a CPU).")] = 2,
 ) -> None:
     """Train MODEL further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
     lab's held-out score and the original validation split's."""
@@ -49,7 +51,7 @@ def finetune(
         cfg = FinetuneConfig(checkpoint, data_dir, out, label_map=label_map, epochs=epochs, lr=lr,
                              val_fraction=val_fraction, seed=seed, name=name, replay_per_class=replay,
                              train_per_class=train_per_class, model=model if checkpoint != model else None,
-                             device=device)
+                             device=device, threads=threads)
         if checkpoint != model:
             typer.echo(f"{model}: fine-tuning its checkpoint {checkpoint}", err=True)
         paths = run_finetune(cfg, log=lambda m: typer.echo(m, err=True))

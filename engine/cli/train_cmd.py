@@ -116,7 +116,7 @@ def train(
 
     try:
         summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
-    except (UnsafeCheckpointError, InitWeightsError, DeviceUnavailableError) as err:  # --init-from weights that cannot start this run
+    except (UnsafeCheckpointError, InitWeightsError, DeviceUnavailableError) as err:  # nothing trained: say why
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")

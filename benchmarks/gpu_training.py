@@ -281,7 +281,7 @@ def score_arm(name: str, runs: Path, cache_dir: Path, device: str) -> dict:
         return {"error": f"{last} missing"}
     model, state = load_model(last)
     model = model.to(device)
-    cfg = TrainConfig(**{k: v for k, v in state["config"].items()})
+    cfg = TrainConfig(**state["config"])
     cfg.bf16 = False  # score in float32, as the exported fp32 model
     classes = list(state["classes"])
     dataset, _, val_idx = drawn_split(Path(cfg.data_dir), tuple(classes), None, cfg.val_fraction, cfg.seed)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from bmengine.engine.cli.options import LabelMapOption, SeedOption, TrainDeviceOption
+from bmengine.engine.cli.options import LabelMapOption, SeedOption, TrainDeviceOption, TrainThreadsOption
 
 
 def finetune(
@@ -30,8 +30,7 @@ def finetune(
     seed: SeedOption = 0,
     name: Annotated[Optional[str], typer.Option(help="Model name in the card.")] = None,
     device: TrainDeviceOption = "auto",
-    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for augmentation (and for the "
-                                         "network on a CPU).")] = 2,
+    threads: TrainThreadsOption = 2,
 ) -> None:
     """Train MODEL further on DATA_DIR, export ONNX (fp32 + int8), and record in the card both the
     lab's held-out score and the original validation split's."""

@@ -38,6 +38,8 @@ SeedOption = Annotated[int, typer.Option(help="Seed of the stratified split and 
 TrainDeviceOption = Annotated[str, typer.Option(
     "--device", help="Where the network trains: auto (a CUDA GPU if torch sees one, else the CPU), cpu, cuda or "
     "cuda:N. Augmentation runs on the CPU either way, drawing the same crops.")]
+TrainThreadsOption = Annotated[int, typer.Option(
+    "--threads", min=1, help="CPU threads for augmentation (and for the network on a CPU).")]
 LimitPerClassOption = Annotated[Optional[int], typer.Option(help="Use at most this many images per class (smoke runs).")]
 MaxStepsOption = Annotated[Optional[int], typer.Option(help="Cap steps per epoch (smoke runs).")]
 LabelMapOption = Annotated[Optional[Path], typer.Option(

@@ -18,6 +18,7 @@ from bmengine.engine.cli.options import (
     ResizeOption,
     SeedOption,
     TrainDeviceOption,
+    TrainThreadsOption,
 )
 
 
@@ -64,8 +65,7 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(
         min=0.0, help="Linear learning-rate warm-up, in epochs (0 when continuing from --init-from weights).")] = 0.5,
     device: TrainDeviceOption = "auto",
-    threads: Annotated[int, typer.Option("--threads", min=1, help="CPU threads for augmentation (and for the "
-                                         "network on a CPU).")] = 2,
+    threads: TrainThreadsOption = 2,
     list_parts: Annotated[bool, typer.Option("--list", help="List backbones, attention blocks and losses, then exit.")] = False,
 ) -> None:
     """Train a classifier; every epoch leaves a checkpoint that `--resume` continues from."""

@@ -8,6 +8,16 @@ import numpy as np
 
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 
+#: ONNX Runtime's x86 int8 kernels, on a CPU without VNNI (AVX2 only, AVX-512 before Cascade Lake, AMD
+#: before Zen 4), multiply uint8 activations by int8 weights with VPMADDUBSW, which adds each pair
+#: of products into a saturating int16: the answer then depends on the lab's CPU. This entry makes
+#: them widen to 16 bits first (U8U8), which cannot overflow; where VNNI is there it changes nothing.
+#: Key and wording: onnxruntime/core/session/onnxruntime_session_options_config_keys.h,
+#: kOrtSessionOptionsAvx2PrecisionMode. Measured on an AMD EPYC with AVX2 only (2026-11-27), the
+#: shipped default without it: PBC validation macro-F1 0.936 instead of 0.981, tecom accuracy 0.23
+#: instead of 0.43 (benchmarks/results/int8-saturation.md).
+EXACT_INT8_ON_X86 = ("session.x64quantprecision", "1")
+
 
 def _model_for_cpu(model_path) -> str | bytes:
     """The file itself, or for an int8 (Q/DQ) model the same graph with uint8 activations, the
@@ -46,6 +56,7 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry(*EXACT_INT8_ON_X86)
         # No memory pattern: it pre-plans one block per input shape on top of the arena, +320 MB peak
         # for batches of 64 at 128 px, at no measured speed gain (2026-11-25, AMD EPYC 2 cores:
         # 86.1 img/s without, 84.8 with; peak 799 vs 1,123 MB). The arena stays: without it 68 img/s.

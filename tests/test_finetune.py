@@ -110,6 +110,34 @@ def test_an_exported_model_is_finetuned_from_the_checkpoint_shipped_beside_it(tr
     assert len(replayed) == origin["replay"]["n"] and replayed <= set(base_split["train"])
 
 
+
+def test_the_checkpoint_shipped_beside_a_model_exports_again_with_its_own_split(trained_run, tmp_path):
+    """A newer bmengine re-exports a shipped model from the half-precision checkpoint beside it (its
+    run folder was on another machine: the shipped default's on a lent GPU). Without the run's
+    split.json the split is drawn again as the trainer drew it, so the card scores the same held-out crops."""
+    import torch
+
+    checkpoint = trained_run.parents[1] / "checkpoints" / "last.pt"
+    model = tmp_path / "models" / "m.onnx"
+    first = bmengine("export", checkpoint, "--out", model, "--no-int8", "--no-ood", "--no-calibrate",
+                     "--with-checkpoint", timeout=300)
+    assert first.returncode == 0, first.stderr
+    beside = torch.load(model.with_name("m.checkpoint.pt"), weights_only=True)
+    beside["config"]["run_dir"] = str(tmp_path / "elsewhere" / "run")  # as on a fresh clone
+    moved = tmp_path / "shipped" / "m.checkpoint.pt"
+    moved.parent.mkdir()
+    torch.save(beside, moved)
+    again = bmengine("export", moved, "--out", tmp_path / "again" / "m.onnx", "--no-int8", "--no-ood",
+                     "--no-calibrate", timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "split drawn again" in again.stderr
+    val = json.loads((trained_run.parents[1] / "split.json").read_text())["val"]
+    cards = [json.loads(p.read_text()) for p in (model.with_name("m.onnx.card.json"),
+                                                 tmp_path / "again" / "m.onnx.card.json")]
+    assert [c["metrics"]["validation"]["n"] for c in cards] == [len(val), len(val)]
+    # the same weights (to half precision) on the same crops
+    assert abs(cards[0]["metrics"]["validation"]["accuracy"] - cards[1]["metrics"]["validation"]["accuracy"]) <= 1 / len(val)
+
 def _base_run(tmp_path, per_class_files: int = 6):
     """A base run's split.json over real PBC crops in a nested class-per-folder layout."""
     from conftest import pbc_files

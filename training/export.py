@@ -47,7 +47,7 @@ from bmengine.training.checkpoint import started_from
 from bmengine.training.quantize import (CALIBRATION_METHODS, INT8_OP_SETS, CalibrationAugment, CalibrationMemoryError,
                                         KeepFp32Error, check_calibration_augment, check_int8_ops, kept_fp32_nodes,
                                         quantize_int8, resolve_int8_ops)
-from bmengine.training.trainer import _save, command_line
+from bmengine.training.trainer import _save, command_line, drawn_split
 
 
 #: OOD scores a card's threshold may apply to (``--ood-score``)
@@ -195,11 +195,21 @@ def _export_with_ood(model, state: dict, cfg: "ExportConfig", prep: Preprocessin
                          "crops; threshold on the validation split's scores through this model"}
 
 
-def _split_files(state: dict, checkpoint: Path) -> dict[str, list[str]]:
-    split = Path(state["config"]["run_dir"]) / "split.json"
-    if not split.is_file():
-        split = checkpoint.parent.parent / "split.json"
-    return json.loads(split.read_text())
+def _split_files(state: dict, checkpoint: Path, log: Callable[[str], None] = print) -> dict[str, list[str]]:
+    """The run's train/validation crops: its ``split.json``, or for a checkpoint without its run folder
+    (the copy shipped beside a model) the split drawn again from its data folder, as the trainer drew it."""
+    config = state["config"]
+    for split in (Path(config["run_dir"]) / "split.json", checkpoint.parent.parent / "split.json"):
+        if split.is_file():
+            return json.loads(split.read_text())
+    data_dir = Path(config["data_dir"])
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{checkpoint}: neither its run's split.json nor its data folder {data_dir} is here")
+    data, train_idx, val_idx = drawn_split(data_dir, tuple(state["classes"]), config.get("limit_per_class"),
+                                           float(config["val_fraction"]), int(config["seed"]))
+    log(f"no split.json beside {checkpoint}: split drawn again from {data_dir} (seed {config['seed']}, "
+        f"val_fraction {config['val_fraction']})")
+    return {"train": [str(data.files[i]) for i in train_idx], "val": [str(data.files[i]) for i in val_idx]}
 
 
 def _labels_for(files: list[str], classes: list[str]) -> np.ndarray:
@@ -322,7 +332,7 @@ def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> dict[str, P
     prep = preprocessing_of(state)
     name = cfg.name or cfg.out.stem
     outputs = {"fp32": cfg.out}
-    split = _split_files(state, cfg.checkpoint)
+    split = _split_files(state, cfg.checkpoint, log)
     classes = list(state["classes"])
     ood_record: dict = {}  # the card's "ood" record, less its per-precision threshold
     if cfg.ood:

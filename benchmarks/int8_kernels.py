@@ -1,0 +1,123 @@
+"""Does an int8 model's answer depend on the CPU? ONNX Runtime's three ways to run the same Q/DQ file.
+
+- ``fast``: ONNX Runtime's default. On x86 without VNNI its uint8 x int8 kernels add each pair of
+  products into a saturating int16 (VPMADDUBSW); with VNNI they do not.
+- ``exact``: ``session.x64quantprecision=1``, what the engine's sessions use
+  (engine/backends/onnxruntime_backend.py): uint8 x uint8 kernels that widen first, on any CPU.
+- ``as-written``: ``session.disable_quant_qdq=1``: no fusion, every Q/DQ node run as written and the
+  convolutions in float: the file's arithmetic without integer kernels (the reference).
+
+Each is scored on the model's PBC validation split and on wbc_zheng (halves as in cross_lab.py), and
+timed on one batch of 64 decoded crops through the backend's own batch splitting (median of
+``--repeats``). The machine record says whether the CPU has VNNI.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/int8_kernels.py --json out.json [MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cross_lab import DATA, SUBSETS, halves  # noqa: E402  (benchmarks/ is a folder of scripts)
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "engine/assets/models/pbc_coatnet0_cs_int8.onnx"
+SESSION_ENTRIES = {
+    "fast": {},
+    "exact": {"session.x64quantprecision": "1"},
+    "as-written": {"session.disable_quant_qdq": "1"},
+}
+
+
+def with_session(backend, entries: dict[str, str]):
+    """The backend with its session rebuilt from the engine's own options plus ``entries`` in place
+    of its precision entry."""
+    import onnxruntime as ort
+
+    from bmengine.engine.backends.onnxruntime_backend import _model_for_cpu
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_mem_pattern = False
+    for key, value in entries.items():
+        so.add_session_config_entry(key, value)
+    backend.session = ort.InferenceSession(_model_for_cpu(backend.model_path), so, providers=["CPUExecutionProvider"])
+    return backend
+
+
+def accuracy_rows(backend, classes: list[str]) -> dict:
+    from bmengine.engine.cli.eval_cmd import _held_out
+    from bmengine.engine.dataset import ImageFolder
+    from bmengine.engine.evaluate import score_files
+    from bmengine.engine.metrics import classification_report
+
+    pbc = ImageFolder.scan(DATA / "pbc", tuple(classes))
+    files, labels = _held_out(pbc, backend.card.training or {}, backend.model_path)
+    probs, _, _ = score_files(backend, files)
+    report = classification_report(np.asarray(labels), probs, classes)
+    rows = {"pbc_val": {"n": len(files), "macro_f1": report["macro_f1"], "accuracy": report["accuracy"]}}
+    for subset in SUBSETS:
+        parts = halves(DATA, subset)
+        items = parts["A"] + parts["B"]
+        probs, _, _ = score_files(backend, [f for f, _ in items])
+        right = np.array([classes[i] == c for i, (_, c) in zip(probs.argmax(1), items)])
+        n_a = len(parts["A"])
+        rows[subset] = {"accuracy": float(right.mean()), "A": float(right[:n_a].mean()), "B": float(right[n_a:].mean())}
+    return rows
+
+
+def throughput(backend, batch: np.ndarray, repeats: int) -> float:
+    backend.forward(batch)  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        backend.forward(batch)
+        seconds.append(time.perf_counter() - t0)
+    return len(batch) / statistics.median(seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", type=Path, default=SHIPPED)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--ways", nargs="*", default=list(SESSION_ENTRIES), choices=list(SESSION_ENTRIES))
+    args = parser.parse_args(argv)
+
+    from bmengine.engine.backends import load_backend
+    from bmengine.engine.bench import machine_info
+    from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
+
+    backend = load_backend(args.model)
+    classes = list(backend.card.classes)
+    crops = sorted((DATA / "pbc").glob("*/*.jpg"))[::180][:64]
+    batch, errors = CropPipeline(PipelineSpec.from_preprocessing(backend.card.preprocessing, batch_size=64)).decode_to_numpy(
+        [f.read_bytes() for f in crops])
+    assert not any(errors)
+    record = {"model": str(args.model), "weights_sha256": backend.card.weights_sha256, "machine": machine_info(),
+              "threads": backend.parts, "batch": len(batch), "ways": {}}
+    for way in args.ways:
+        with_session(backend, SESSION_ENTRIES[way])
+        row = {"session_entries": SESSION_ENTRIES[way], "img_per_s": throughput(backend, batch, args.repeats)}
+        row.update(accuracy_rows(backend, classes))
+        record["ways"][way] = row
+        print(f"{way}: PBC macro-F1 {row['pbc_val']['macro_f1']:.4f}; cellavision_blog {row['cellavision_blog']['accuracy']:.3f} "
+              f"(A {row['cellavision_blog']['A']:.3f} / B {row['cellavision_blog']['B']:.3f}); tecom "
+              f"{row['tecom']['accuracy']:.3f} (A {row['tecom']['A']:.3f} / B {row['tecom']['B']:.3f}); "
+              f"{row['img_per_s']:.1f} img/s", flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,9 @@
   convolutions in float: the file's arithmetic without integer kernels (the reference).
 
 Each is scored on the model's PBC validation split and on wbc_zheng (halves as in cross_lab.py), and
-timed on one batch of 64 decoded crops through the backend's own batch splitting (median of
-``--repeats``). The machine record says whether the CPU has VNNI.
+timed on one batch of 64 decoded crops through the backend's own batch splitting: ``--rounds`` rounds
+in which the ways take turns, 3 timed runs each, and the median of all. The machine record says
+whether the CPU has VNNI.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/int8_kernels.py --json out.json [MODEL]
 """
@@ -76,21 +77,25 @@ def accuracy_rows(backend, classes: list[str]) -> dict:
     return rows
 
 
-def throughput(backend, batch: np.ndarray, repeats: int) -> float:
-    backend.forward(batch)  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        backend.forward(batch)
-        seconds.append(time.perf_counter() - t0)
-    return len(batch) / statistics.median(seconds)
+def throughputs(backends: dict, batch: np.ndarray, rounds: int) -> dict[str, float]:
+    """img/s per way, the ways taking turns so that a busy moment of the machine hits them all."""
+    seconds: dict[str, list[float]] = {way: [] for way in backends}
+    for backend in backends.values():
+        backend.forward(batch)  # warm-up
+    for _ in range(rounds):
+        for way, backend in backends.items():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                backend.forward(batch)
+                seconds[way].append(time.perf_counter() - t0)
+    return {way: len(batch) / statistics.median(s) for way, s in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", type=Path, default=SHIPPED)
     parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ways", nargs="*", default=list(SESSION_ENTRIES), choices=list(SESSION_ENTRIES))
     args = parser.parse_args(argv)
 
@@ -98,18 +103,20 @@ def main(argv: list[str] | None = None) -> None:
     from bmengine.engine.bench import machine_info
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-    backend = load_backend(args.model)
+    backends = {way: with_session(load_backend(args.model), SESSION_ENTRIES[way]) for way in args.ways}
+    backend = next(iter(backends.values()))
     classes = list(backend.card.classes)
     crops = sorted((DATA / "pbc").glob("*/*.jpg"))[::180][:64]
     batch, errors = CropPipeline(PipelineSpec.from_preprocessing(backend.card.preprocessing, batch_size=64)).decode_to_numpy(
         [f.read_bytes() for f in crops])
     assert not any(errors)
     record = {"model": str(args.model), "weights_sha256": backend.card.weights_sha256, "machine": machine_info(),
-              "threads": backend.parts, "batch": len(batch), "ways": {}}
+              "threads": backend.parts, "batch": len(batch), "timing": f"{args.rounds} rounds x 3 runs, ways in turn",
+              "ways": {}}
+    speed = throughputs(backends, batch, args.rounds)
     for way in args.ways:
-        with_session(backend, SESSION_ENTRIES[way])
-        row = {"session_entries": SESSION_ENTRIES[way], "img_per_s": throughput(backend, batch, args.repeats)}
-        row.update(accuracy_rows(backend, classes))
+        row = {"session_entries": SESSION_ENTRIES[way], "img_per_s": speed[way]}
+        row.update(accuracy_rows(backends[way], classes))
         record["ways"][way] = row
         print(f"{way}: PBC macro-F1 {row['pbc_val']['macro_f1']:.4f}; cellavision_blog {row['cellavision_blog']['accuracy']:.3f} "
               f"(A {row['cellavision_blog']['A']:.3f} / B {row['cellavision_blog']['B']:.3f}); tecom "

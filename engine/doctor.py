@@ -64,7 +64,12 @@ def _version(module: str) -> Callable[[], str]:
 def _onnxruntime() -> str:
     import onnxruntime as ort
 
-    return f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}"
+    from bmengine.engine.bench import int8_dot_product
+
+    vnni = int8_dot_product()
+    int8 = {"none": "no VNNI: int8 runs ONNX Runtime's exact, slower kernels",
+            "unknown": "VNNI unknown: int8 runs ONNX Runtime's exact kernels"}.get(vnni, f"int8 with {vnni}")
+    return f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}; {int8}"
 
 
 def _default_model() -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bmengine.engine.backends.onnxruntime_backend import session_options
 from bmengine.engine.model.card import load_card
 from bmengine.engine.model.qdq import fold_bias_dequantize, tensorrt_qdq_problems, unsigned_activations
 from conftest import pbc_files
@@ -33,7 +34,7 @@ def _crops(card, per_class: int = 2) -> np.ndarray:
 
 
 def _session(model, optimized: Path | None = None):
-    options = ort.SessionOptions()
+    options = session_options()  # exact int8 on any x86 CPU, as the engine's own sessions
     options.log_severity_level = 3
     if optimized:
         options.optimized_model_filepath = str(optimized)

@@ -39,7 +39,9 @@ def _labels(files) -> np.ndarray:
 def _ort_outputs(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from bmengine.engine.backends.onnxruntime_backend import session_options
+
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {"image": batch})))
 

@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs the [train] extra")
 import onnx  # noqa: E402  (comes with torch in the [train] extra)
 
+from bmengine.engine.backends.onnxruntime_backend import session_options  # noqa: E402
 from bmengine.engine.model.card import Preprocessing  # noqa: E402
 from bmengine.training.export import export_onnx  # noqa: E402
 from bmengine.training.quantize import quantize_int8, resolve_int8_ops  # noqa: E402
@@ -72,7 +73,8 @@ def test_conv_set_keeps_attention_in_fp32_and_stays_close_to_it(tmp_path):
     batch, _ = CropPipeline(PipelineSpec.from_preprocessing(PREP, batch_size=8)).decode_to_numpy(held_out)
 
     def logits(path):
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+        return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"]).run(
+            None, {"image": batch})[0]
 
     reference = logits(fp32)
     scale = np.abs(reference).max()

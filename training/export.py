@@ -150,7 +150,9 @@ def _onnx_outputs(path: Path, files: list[str], prep: Preprocessing, batch_size:
 
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-    so = ort.SessionOptions()
+    from bmengine.engine.backends.onnxruntime_backend import session_options
+
+    so = session_options()
     so.intra_op_num_threads = 2
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     pipeline = CropPipeline(PipelineSpec.from_preprocessing(prep, batch_size=batch_size, device=device))

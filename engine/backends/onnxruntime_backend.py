@@ -19,6 +19,16 @@ from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 EXACT_INT8_ON_X86 = ("session.x64quantprecision", "1")
 
 
+def session_options():
+    """The ``onnxruntime.SessionOptions`` every session of bmengine starts from (tests and tools
+    that open a model themselves too): int8 computed exactly on any x86 CPU."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.add_session_config_entry(*EXACT_INT8_ON_X86)
+    return so
+
+
 def _model_for_cpu(model_path) -> str | bytes:
     """The file itself, or for an int8 (Q/DQ) model the same graph with uint8 activations, the
     type ONNX Runtime's x86 kernels fuse (engine/model/qdq.py: exact, and the file on disk stays
@@ -46,7 +56,7 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(model_path, card, options)
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
+        so = session_options()
         # Each batch is split into ``threads`` parts that run at once on one session, each part on
         # one thread: on 2 AMD EPYC cores 105 img/s against 81-88 for one run on 2 intra-op threads
         # (2026-11-25, the default int8 CoAtNet-0, batches of 64; ORT's run() is thread-safe).
@@ -56,7 +66,6 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry(*EXACT_INT8_ON_X86)
         # No memory pattern: it pre-plans one block per input shape on top of the arena, +320 MB peak
         # for batches of 64 at 128 px, at no measured speed gain (2026-11-25, AMD EPYC 2 cores:
         # 86.1 img/s without, 84.8 with; peak 799 vs 1,123 MB). The arena stays: without it 68 img/s.

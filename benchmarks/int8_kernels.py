@@ -2,8 +2,8 @@
 
 - ``fast``: ONNX Runtime's default. On x86 without VNNI its uint8 x int8 kernels add each pair of
   products into a saturating int16 (VPMADDUBSW); with VNNI they do not.
-- ``exact``: ``session.x64quantprecision=1``, what the engine's sessions use
-  (engine/backends/onnxruntime_backend.py): uint8 x uint8 kernels that widen first, on any CPU.
+- ``exact``: ``session.x64quantprecision=1``, what the engine's sessions use where the CPU shows
+  no VNNI (engine/backends/x86_int8.py): uint8 x uint8 kernels that widen first.
 - ``as-written``: ``session.disable_quant_qdq=1``: no fusion, every Q/DQ node run as written and the
   convolutions in float: the file's arithmetic without integer kernels (the reference).
 

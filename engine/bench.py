@@ -40,19 +40,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def int8_dot_product() -> str:
-    """The x86 instruction ONNX Runtime's int8 kernels can add products with: "avx512_vnni" or
-    "avx_vnni", else "none" (its fast kernels then saturate: engine/backends/onnxruntime_backend.py,
-    and int8 runs its slower exact path); "unknown" where /proc/cpuinfo is not there."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "unknown"
-    words = set(flags.split(":", 1)[1].split())
-    return next((name for name in ("avx512_vnni", "avx_vnni") if name in words), "none")
-
-
 def machine_info() -> dict:
+    from bmengine.engine.backends.x86_int8 import int8_dot_product
     from bmengine.engine.doctor import run_checks
 
     gpu = next((c.detail for c in run_checks() if c.name.startswith("cuda") and c.ok), None)

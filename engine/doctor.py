@@ -64,11 +64,11 @@ def _version(module: str) -> Callable[[], str]:
 def _onnxruntime() -> str:
     import onnxruntime as ort
 
-    from bmengine.engine.bench import int8_dot_product
+    from bmengine.engine.backends.x86_int8 import int8_dot_product
 
     vnni = int8_dot_product()
     int8 = {"none": "no VNNI: int8 runs ONNX Runtime's exact, slower kernels",
-            "unknown": "VNNI unknown: int8 runs ONNX Runtime's exact kernels"}.get(vnni, f"int8 with {vnni}")
+            "unknown": "VNNI unknown: int8 runs ONNX Runtime's exact kernels"}.get(vnni, f"int8 exact with {vnni}")
     return f"{ort.__version__}, providers: {', '.join(ort.get_available_providers())}; {int8}"
 
 

@@ -1,12 +1,12 @@
 """The shipped int8 model gives the same answer on any x86 CPU.
 
 Without VNNI, ONNX Runtime's fast uint8 x int8 kernels add pairs of products into a saturating
-int16 (engine/backends/onnxruntime_backend.py, EXACT_INT8_ON_X86). On such a CPU (an AMD EPYC with AVX2
+int16 (engine/backends/x86_int8.py). On such a CPU (an AMD EPYC with AVX2
 only, 2026-11-27) the shipped default disagreed with its own Q/DQ arithmetic on 7 of 50
 such crops, most of them another lab's. The reference here runs the same file with ONNX Runtime's Q/DQ
 fusion off: every QuantizeLinear/DequantizeLinear as written, the convolutions in float, so nothing
-can saturate. On a VNNI CPU both sides agree with or without the fix; on the others this test fails
-when the backend's sessions lose it.
+can saturate. On a VNNI CPU this checks that ONNX Runtime's own kernels are exact, as the engine
+assumes there; on the others it fails when the backend's sessions lose the exact ones.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 
 from bmengine.engine.assets import DEFAULT_MODEL
 from bmengine.engine.backends import load_backend
-from bmengine.engine.backends.onnxruntime_backend import EXACT_INT8_ON_X86, _model_for_cpu
+from bmengine.engine.backends.onnxruntime_backend import _model_for_cpu
+from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, int8_dot_product
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 from conftest import DATA, PBC
 
@@ -58,3 +59,14 @@ def test_the_precision_entry_is_one_onnx_runtime_knows():
     key, value = EXACT_INT8_ON_X86
     assert key.encode() in open(native.__file__, "rb").read()
     assert value == "1"
+
+
+def test_the_cpus_int8_instruction_is_read_from_its_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    lines = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 {extra}\n"
+    for extra, expected in (("", "none"), ("avx512f avx512_vnni", "avx512_vnni"), ("avx_vnni", "avx_vnni")):
+        cpuinfo.write_text(lines.format(extra=extra) * 2)
+        assert int8_dot_product(cpuinfo) == expected
+    assert int8_dot_product(tmp_path / "not-linux") == "unknown"
+    cpuinfo.write_text("processor\t: 0\n")
+    assert int8_dot_product(cpuinfo) == "unknown"

@@ -7,25 +7,17 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
-
-#: ONNX Runtime's x86 int8 kernels, on a CPU without VNNI (AVX2 only, AVX-512 before Cascade Lake, AMD
-#: before Zen 4), multiply uint8 activations by int8 weights with VPMADDUBSW, which adds each pair
-#: of products into a saturating int16: the answer then depends on the lab's CPU. This entry makes
-#: them widen to 16 bits first (U8U8), which cannot overflow; where VNNI is there it changes nothing.
-#: Key and wording: onnxruntime/core/session/onnxruntime_session_options_config_keys.h,
-#: kOrtSessionOptionsAvx2PrecisionMode. Measured on an AMD EPYC with AVX2 only (2026-11-27), the
-#: shipped default without it: PBC validation macro-F1 0.936 instead of 0.981, tecom accuracy 0.23
-#: instead of 0.43 (benchmarks/results/int8-saturation.md).
-EXACT_INT8_ON_X86 = ("session.x64quantprecision", "1")
+from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, fast_int8_is_exact
 
 
 def session_options():
     """The ``onnxruntime.SessionOptions`` every session of bmengine starts from (tests and tools
-    that open a model themselves too): int8 computed exactly on any x86 CPU."""
+    that open a model themselves too): int8 computed exactly on any x86 CPU (x86_int8.py)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.add_session_config_entry(*EXACT_INT8_ON_X86)
+    if not fast_int8_is_exact():
+        so.add_session_config_entry(*EXACT_INT8_ON_X86)
     return so
 
 

@@ -207,6 +207,9 @@ def _split_files(state: dict, checkpoint: Path, log: Callable[[str], None] = pri
     data_dir = Path(config["data_dir"])
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{checkpoint}: neither its run's split.json nor its data folder {data_dir} is here")
+    if config.get("replay_from") or config.get("train_limit_per_class"):
+        raise FileNotFoundError(f"{checkpoint}: its run's split.json is not here, and its training crops (replayed "
+                                "or limited per class) cannot be drawn again without it")
     data, train_idx, val_idx = drawn_split(data_dir, tuple(state["classes"]), config.get("limit_per_class"),
                                            float(config["val_fraction"]), int(config["seed"]))
     log(f"no split.json beside {checkpoint}: split drawn again from {data_dir} (seed {config['seed']}, "

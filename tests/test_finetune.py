@@ -137,6 +137,11 @@ def test_the_checkpoint_shipped_beside_a_model_exports_again_with_its_own_split(
     assert [c["metrics"]["validation"]["n"] for c in cards] == [len(val), len(val)]
     # the same weights (to half precision) on the same crops
     assert abs(cards[0]["metrics"]["validation"]["accuracy"] - cards[1]["metrics"]["validation"]["accuracy"]) <= 1 / len(val)
+    beside["config"]["data_dir"] = str(tmp_path / "no-data")  # nor its data: refused, nothing written
+    torch.save(beside, moved)
+    refused = bmengine("export", moved, "--out", tmp_path / "refused" / "m.onnx", "--no-int8", timeout=300)
+    assert refused.returncode == 2 and "neither its run's split.json nor its data folder" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "refused").exists()
 
 def _base_run(tmp_path, per_class_files: int = 6):
     """A base run's split.json over real PBC crops in a nested class-per-folder layout."""

@@ -197,6 +197,10 @@ def _export_with_ood(model, state: dict, cfg: "ExportConfig", prep: Preprocessin
                          "crops; threshold on the validation split's scores through this model"}
 
 
+class SplitNotFoundError(FileNotFoundError):
+    """The run's train/validation split can be neither read nor drawn again (nothing is written)."""
+
+
 def _split_files(state: dict, checkpoint: Path, log: Callable[[str], None] = print) -> dict[str, list[str]]:
     """The run's train/validation crops: its ``split.json``, or for a checkpoint without its run folder
     (the copy shipped beside a model) the split drawn again from its data folder, as the trainer drew it."""
@@ -206,9 +210,9 @@ def _split_files(state: dict, checkpoint: Path, log: Callable[[str], None] = pri
             return json.loads(split.read_text())
     data_dir = Path(config["data_dir"])
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"{checkpoint}: neither its run's split.json nor its data folder {data_dir} is here")
+        raise SplitNotFoundError(f"{checkpoint}: neither its run's split.json nor its data folder {data_dir} is here")
     if config.get("replay_from") or config.get("train_limit_per_class"):
-        raise FileNotFoundError(f"{checkpoint}: its run's split.json is not here, and its training crops (replayed "
+        raise SplitNotFoundError(f"{checkpoint}: its run's split.json is not here, and its training crops (replayed "
                                 "or limited per class) cannot be drawn again without it")
     data, train_idx, val_idx = drawn_split(data_dir, tuple(state["classes"]), config.get("limit_per_class"),
                                            float(config["val_fraction"]), int(config["seed"]))

@@ -72,11 +72,12 @@ def export(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2)
     from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.export import SplitNotFoundError
     from bmengine.training.quantize import CalibrationMemoryError, KeepFp32Error
 
     try:
         paths = run_export(cfg, log=lambda m: typer.echo(m, err=True))
-    except UnsafeCheckpointError as err:  # a refused or unreadable checkpoint: nothing was written
+    except (UnsafeCheckpointError, SplitNotFoundError) as err:  # refused before anything was written
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     except (KeepFp32Error, CalibrationMemoryError) as err:  # found after the fp32 export, removed again

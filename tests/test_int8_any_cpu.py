@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 
 from bmengine.engine.assets import DEFAULT_MODEL
 from bmengine.engine.backends import load_backend
@@ -39,7 +38,6 @@ def _qdq_as_written(model_path) -> ort.InferenceSession:
     return ort.InferenceSession(_model_for_cpu(model_path), options, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the shipped default model is not in this checkout")
 def test_the_backend_computes_the_int8_model_as_written():
     backend = load_backend(DEFAULT_MODEL)
     batch = _crops(backend.card.preprocessing)

@@ -166,6 +166,12 @@ def test_outputs_name_the_model_and_version(reference, tiny_model):
     sha = sha256_of(tiny_model)
     record = json.loads((out / "run.json").read_text())
     assert record["model"]["sha256"] == sha and record["bmengine_version"] and record["model"]["device"] == "cpu"
+    # an int8 model: which of ONNX Runtime's integer kernels computed it, by this CPU's VNNI
+    from bmengine.engine.backends.x86_int8 import int8_dot_product
+
+    vnni = int8_dot_product()
+    expected = vnni if vnni in ("avx512_vnni", "avx_vnni") else "session.x64quantprecision=1"
+    assert expected in record["model"]["int8_kernels"]
     assert record["crops_classified"] == 69 and record["crops_per_second"] > 0
     table = pd.read_parquet(out / "differential.parquet")
     assert set(table["model_sha256"]) == {sha}

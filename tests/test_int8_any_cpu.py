@@ -19,7 +19,7 @@ from bmengine.engine.backends import load_backend
 from bmengine.engine.backends.onnxruntime_backend import _model_for_cpu
 from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, int8_dot_product
 from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
-from conftest import DATA, PBC
+from conftest import ASSETS, DATA, PBC
 
 
 def _crops(preprocessing) -> np.ndarray:
@@ -47,6 +47,8 @@ def test_the_backend_computes_the_int8_model_as_written():
     # the fused kernels round their requantisation differently: 0.34 logits at most seen, on a scale of 14
     assert np.abs(got - reference).max() < 0.08 * scale, np.abs(got - reference).max()
     assert (got.argmax(1) == reference.argmax(1)).all()
+    assert "int8_kernels" in backend.runtime_info()  # run.json says which kernels computed it
+    assert load_backend(ASSETS / "tiny.onnx").runtime_info() == {}  # fp32: nothing to say
 
 
 def test_the_precision_entry_is_one_onnx_runtime_knows():

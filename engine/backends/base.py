@@ -95,6 +95,11 @@ class Backend(ABC):
     def close(self) -> None:
         """Free runtime resources (device memory, sessions)."""
 
+    def runtime_info(self) -> dict:
+        """How this runtime computes, for run.json beside the backend's name and device (empty when
+        there is nothing a reader needs to know)."""
+        return {}
+
     def check_against_card(self) -> None:
         io = self.io()
         n = len(self.card.classes)

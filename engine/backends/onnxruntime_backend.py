@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from bmengine.engine.backends.base import Backend, ModelIO, Outputs
-from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, fast_int8_is_exact
+from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, VNNI, fast_int8_is_exact, int8_dot_product
 
 
 def session_options():
@@ -62,8 +62,10 @@ class OnnxRuntimeBackend(Backend):
         # for batches of 64 at 128 px, at no measured speed gain (2026-11-25, AMD EPYC 2 cores:
         # 86.1 img/s without, 84.8 with; peak 799 vs 1,123 MB). The arena stays: without it 68 img/s.
         so.enable_mem_pattern = False
+        model = _model_for_cpu(model_path)
+        self.int8 = isinstance(model, bytes)  # a Q/DQ graph, rewritten for the CPU's kernels
         try:
-            self.session = ort.InferenceSession(_model_for_cpu(model_path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for corrupt files
             from bmengine.engine.model.card import ModelCardError
 
@@ -96,6 +98,15 @@ class OnnxRuntimeBackend(Backend):
             got = [np.concatenate([run[i] for run in runs]) for i in range(len(self._fetch))]
         ood = got[1].reshape(-1).astype(np.float32) if self.ood_name else None
         return Outputs(got[0], ood)
+
+    def runtime_info(self) -> dict:
+        """For an int8 model, which of ONNX Runtime's integer kernels computed it (both exact)."""
+        if not self.int8:
+            return {}
+        vnni = int8_dot_product()
+        if vnni in VNNI:
+            return {"int8_kernels": f"onnxruntime's own ({vnni})"}
+        return {"int8_kernels": f"onnxruntime's exact uint8 x uint8 ({'='.join(EXACT_INT8_ON_X86)}; no VNNI seen)"}
 
     def close(self) -> None:
         if self._pool is not None:

@@ -99,9 +99,11 @@ class Engine:
 
     @property
     def model_info(self) -> dict:
-        """The model as run.json names it, with where it ran ("cpu", or "gpu:N")."""
+        """The model as run.json names it, with where it ran ("cpu", or "gpu:N") and how the runtime
+        computed it where that matters (the int8 kernels on a CPU)."""
         device = "cpu" if self.backend.device == "cpu" else f"gpu:{self.spec.device_id}"
-        return {**self.model.model_info, "backend": self.backend.name, "device": device}
+        return {**self.model.model_info, "backend": self.backend.name, "device": device,
+                **self.backend.runtime_info()}
 
     def close(self) -> None:
         self.backend.close()

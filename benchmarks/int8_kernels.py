@@ -31,25 +31,22 @@ from cross_lab import DATA, SUBSETS, halves  # noqa: E402  (benchmarks/ is a fol
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "engine/assets/models/pbc_coatnet0_cs_int8.onnx"
-SESSION_ENTRIES = {
-    "fast": {},
-    "exact": {"session.x64quantprecision": "1"},
-    "as-written": {"session.disable_quant_qdq": "1"},
+#: way -> (the exact-int8 entry on or off, further session entries)
+WAYS = {
+    "fast": (False, {}),
+    "exact": (True, {}),
+    "as-written": (False, {"session.disable_quant_qdq": "1"}),
 }
 
 
-def with_session(backend, entries: dict[str, str]):
-    """The backend with its session rebuilt from the engine's own options plus ``entries`` in place
-    of its precision entry."""
+def with_session(backend, way: str):
+    """The backend with its session rebuilt from the engine's own options, run ``way``."""
     import onnxruntime as ort
 
-    from bmengine.engine.backends.onnxruntime_backend import _model_for_cpu
+    from bmengine.engine.backends.onnxruntime_backend import _model_for_cpu, engine_session_options
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.enable_mem_pattern = False
+    exact, entries = WAYS[way]
+    so = engine_session_options(exact_int8=exact)
     for key, value in entries.items():
         so.add_session_config_entry(key, value)
     backend.session = ort.InferenceSession(_model_for_cpu(backend.model_path), so, providers=["CPUExecutionProvider"])
@@ -96,14 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", nargs="?", type=Path, default=SHIPPED)
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--ways", nargs="*", default=list(SESSION_ENTRIES), choices=list(SESSION_ENTRIES))
+    parser.add_argument("--ways", nargs="*", default=list(WAYS), choices=list(WAYS))
     args = parser.parse_args(argv)
 
     from bmengine.engine.backends import load_backend
+    from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86
     from bmengine.engine.bench import machine_info
     from bmengine.engine.preprocess.dali_pipeline import CropPipeline, PipelineSpec
 
-    backends = {way: with_session(load_backend(args.model), SESSION_ENTRIES[way]) for way in args.ways}
+    backends = {way: with_session(load_backend(args.model), way) for way in args.ways}
     backend = next(iter(backends.values()))
     classes = list(backend.card.classes)
     crops = sorted((DATA / "pbc").glob("*/*.jpg"))[::180][:64]
@@ -115,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
               "ways": {}}
     speed = throughputs(backends, batch, args.rounds)
     for way in args.ways:
-        row = {"session_entries": SESSION_ENTRIES[way], "img_per_s": speed[way]}
+        exact, entries = WAYS[way]
+        row = {"session_entries": {**(dict([EXACT_INT8_ON_X86]) if exact else {}), **entries},
+               "img_per_s": speed[way]}
         row.update(accuracy_rows(backends[way], classes))
         record["ways"][way] = row
         print(f"{way}: PBC macro-F1 {row['pbc_val']['macro_f1']:.4f}; cellavision_blog {row['cellavision_blog']['accuracy']:.3f} "

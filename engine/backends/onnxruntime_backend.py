@@ -10,14 +10,36 @@ from bmengine.engine.backends.base import Backend, ModelIO, Outputs
 from bmengine.engine.backends.x86_int8 import EXACT_INT8_ON_X86, VNNI, fast_int8_is_exact, int8_dot_product
 
 
-def session_options():
+def session_options(exact_int8: bool | None = None):
     """The ``onnxruntime.SessionOptions`` every session of bmengine starts from (tests and tools
-    that open a model themselves too): int8 computed exactly on any x86 CPU (x86_int8.py)."""
+    that open a model themselves too): int8 computed exactly on any x86 CPU (x86_int8.py).
+    ``exact_int8`` forces the exact-kernel entry on or off (benchmarks/int8_kernels.py compares)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    if not fast_int8_is_exact():
+    if exact_int8 if exact_int8 is not None else not fast_int8_is_exact():
         so.add_session_config_entry(*EXACT_INT8_ON_X86)
+    return so
+
+
+def engine_session_options(exact_int8: bool | None = None):
+    """``session_options`` tuned for the engine's inference: one thread per run (the backend runs
+    ``threads`` parts of each batch at once), no spinning, no memory pattern."""
+    import onnxruntime as ort
+
+    so = session_options(exact_int8)
+    # Each batch is split into ``threads`` parts that run at once on one session, each part on
+    # one thread: on 2 AMD EPYC cores 105 img/s against 81-88 for one run on 2 intra-op threads
+    # (2026-11-25, the default int8 CoAtNet-0, batches of 64; ORT's run() is thread-safe).
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory pattern: it pre-plans one block per input shape on top of the arena, +320 MB peak
+    # for batches of 64 at 128 px, at no measured speed gain (2026-11-25, AMD EPYC 2 cores:
+    # 86.1 img/s without, 84.8 with; peak 799 vs 1,123 MB). The arena stays: without it 68 img/s.
+    so.enable_mem_pattern = False
     return so
 
 
@@ -48,20 +70,8 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(model_path, card, options)
         import onnxruntime as ort
 
-        so = session_options()
-        # Each batch is split into ``threads`` parts that run at once on one session, each part on
-        # one thread: on 2 AMD EPYC cores 105 img/s against 81-88 for one run on 2 intra-op threads
-        # (2026-11-25, the default int8 CoAtNet-0, batches of 64; ORT's run() is thread-safe).
+        so = engine_session_options()
         self.parts = max(1, options.threads)
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Decoding runs beside inference: idle ORT threads must sleep, not spin on the shared cores.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # No memory pattern: it pre-plans one block per input shape on top of the arena, +320 MB peak
-        # for batches of 64 at 128 px, at no measured speed gain (2026-11-25, AMD EPYC 2 cores:
-        # 86.1 img/s without, 84.8 with; peak 799 vs 1,123 MB). The arena stays: without it 68 img/s.
-        so.enable_mem_pattern = False
         model = _model_for_cpu(model_path)
         self.int8 = isinstance(model, bytes)  # a Q/DQ graph, rewritten for the CPU's kernels
         try:

@@ -31,19 +31,42 @@ def _run(slides, model, out):
     return result
 
 
-@pytest.fixture()
-def archive(tmp_path, tiny_model):
-    crops = crop_folder(tmp_path / "crops", SLIDES)
-    ingest(crops, tmp_path / "slides")
-    model_dir = tmp_path / "model"
+def _first_run(root, tiny_model) -> tuple:
+    """Crops, their stores, a model and the finished run over them, under ``root``."""
+    crops = crop_folder(root / "crops", SLIDES)
+    ingest(crops, root / "slides")
+    model_dir = root / "model"
     model_dir.mkdir()
     for path in (tiny_model, card_path_for(tiny_model)):
         shutil.copy(path, model_dir / path.name)
     model = model_dir / tiny_model.name
-    out = tmp_path / "out"
-    _run(tmp_path / "slides", model, out)
-    assert _statuses(out) == {"A": "ok", "B": "ok"}
-    return crops, tmp_path / "slides", model, out
+    _run(root / "slides", model, root / "out")
+    assert _statuses(root / "out") == {"A": "ok", "B": "ok"}
+    return crops, root / "slides", model, root / "out"
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_model):
+    """Built once for this file."""
+    root = tmp_path_factory.mktemp("archive")
+    _first_run(root, tiny_model)
+    return root
+
+
+@pytest.fixture()
+def archive(first_run, tmp_path, tiny_model):
+    """A copy of the first run's whole folder (crops, stores, model, outputs) for one test to change:
+    an archive moved to another disk resumes as it would in place."""
+    root = tmp_path / "archive"
+    shutil.copytree(first_run, root)
+    return root / "crops", root / "slides", root / "model" / tiny_model.name, root / "out"
+
+
+@pytest.fixture()
+def archive_ingested_here(tmp_path, tiny_model):
+    """For tests that ingest again: a store records where its crops came from, so stores re-ingested
+    from a copy of the crops are other stores (and rightly redone)."""
+    return _first_run(tmp_path, tiny_model)
 
 
 def test_unchanged_inputs_are_skipped(archive):
@@ -52,10 +75,10 @@ def test_unchanged_inputs_are_skipped(archive):
     assert _statuses(out) == {"A": "skipped", "B": "skipped"}
 
 
-def test_repaired_and_reingested_store_is_redone(archive):
+def test_repaired_and_reingested_store_is_redone(archive_ingested_here):
     """The case seen: a store damaged on disk gave error rows; re-ingesting the same crops repaired it,
     but the store hash (which never reads crop bytes) was unchanged, so the old rows stayed."""
-    crops, slides, model, _ = archive
+    crops, slides, model, _ = archive_ingested_here
     out = slides.parent / "out-damaged"
     chunk = slides / "A.zarr" / "crops" / "bytes" / "c" / "0"
     data = bytearray(chunk.read_bytes())
@@ -73,8 +96,8 @@ def test_repaired_and_reingested_store_is_redone(archive):
         (out / "A" / "slide.json").read_text())["resume"]["store_hash"]
 
 
-def test_a_store_reingested_with_other_crops_is_redone(archive):
-    crops, slides, model, out = archive
+def test_a_store_reingested_with_other_crops_is_redone(archive_ingested_here):
+    crops, slides, model, out = archive_ingested_here
     victim = sorted((crops / "A").glob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes()[:5000])  # truncated at the lab: an error row
     ingest(crops, slides, "--overwrite")

@@ -20,7 +20,7 @@ from conftest import pbc_files  # noqa: E402
 # Triton's interpreter runs each program in Python (about 0.05-0.25 s): small images keep these tests
 # to seconds. The kernels take any size; the engine's QC images are 144 px.
 SIZE, CROP = 72, 64
-QC_SIZE = 48
+QC_SIZE = 32
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

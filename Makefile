@@ -41,7 +41,7 @@ demo: $(ENGINE_STAMP)
 ## fixtures are built once: about half the time of one process on 2 cores. TEST_WORKERS=0 runs it in one.
 TEST_WORKERS ?= auto
 test: $(TRAIN_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --durations 15
 
 ## default-model: re-train and re-export the shipped default, CoAtNet-0 + cost-sensitive at 128 px: 10 epochs with
 ## the cross-lab augmentation on half of each batch (about 70 min on 2 AMD EPYC cores), then 4 epochs from those

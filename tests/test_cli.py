@@ -1,6 +1,7 @@
 """Commands a user types: eval's JSON, doctor, the train catalogue, helpful failures."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -92,6 +93,54 @@ def test_train_without_a_dataset_says_what_is_missing():
     result = _run("train")
     assert result.returncode == 2
     assert "DATA_DIR" in result.stderr or "[train] extra" in result.stderr  # the latter without torch
+
+
+def test_train_refuses_a_data_folder_it_cannot_train_on_naming_it_and_writing_nothing(tmp_path):
+    """Each was a traceback (exit 1), or, with fewer crops than a batch, a model saved after no step."""
+    import shutil
+
+    from conftest import pbc_files
+
+    pytest.importorskip("torch", reason="training needs the [train] extra")
+    from bmengine.training.ablation import AblationConfig, run_ablation
+    from bmengine.training.trainer import TrainConfig, TrainingDataError, train
+
+    data = tmp_path / "lab"
+    for cls in ("basophil", "neutrophil"):
+        (data / cls).mkdir(parents=True)
+        for f in pbc_files(cls, 3):
+            shutil.copy(f, data / cls / f.name)
+    (data / "empty-class").mkdir()
+    (tmp_path / "nothing").mkdir()
+
+    def config(folder, run="run", **extra):
+        return TrainConfig(data_dir=str(folder), run_dir=str(tmp_path / run), backbone="regnetx_002",
+                           attention="none", resize=72, crop=64, epochs=1, **extra)
+
+    cases = {tmp_path / "gone": "gone: dataset folder not found",
+             tmp_path / "nothing": "nothing: no images found in class sub-folders",
+             data: "class folders ['basophil', 'empty-class', 'neutrophil']; pass --taxonomy with one whose "
+                   "classes include them (matek-bone-marrow-21: ABE"}
+    for folder, message in cases.items():
+        with pytest.raises(TrainingDataError, match=re.escape(message)):
+            train(config(folder), log=lambda m: None)
+        with pytest.raises(TrainingDataError, match=re.escape(message)):  # before the grid's first run
+            run_ablation(AblationConfig(str(folder), str(tmp_path / "ablation"), ["regnetx_002"], ["none"], ["ce"]))
+    shutil.rmtree(data / "empty-class")
+    with pytest.raises(TrainingDataError, match="4 training crops .* make no batch of --batch-size 8"):
+        train(config(data, taxonomy="pbc-blood-8", batch_size=8), log=lambda m: None)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ablation").exists()
+
+    # through the command: said in one line, exit 2
+    gone = _run("train", tmp_path / "gone", "--out", tmp_path / "run")
+    assert gone.returncode == 2 and "error: " + str(tmp_path / "gone") + ": dataset folder not found" in gone.stderr
+    assert "Traceback" not in gone.stderr and not (tmp_path / "run").exists()
+    (data / "neutrophil" / "cut.jpg").write_bytes(pbc_files("neutrophil", 1, offset=9)[0].read_bytes()[:3000])
+    cut = _run("train", data, "--out", tmp_path / "run", "--taxonomy", "pbc-blood-8", "--backbone", "regnetx_002",
+               "--attention", "none", "--resize", "72", "--crop", "64", "--epochs", "1", "--batch-size", "4")
+    assert cut.returncode == 2 and "1 training image(s) could not be decoded" in cut.stderr, cut.stderr[-1500:]
+    assert "cut.jpg: JPEG truncated" in cut.stderr and "Traceback" not in cut.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_bench_writes_a_record_naming_machine_model_and_stages(tmp_path):

@@ -206,3 +206,13 @@ def test_train_limit_keeps_at_most_n_training_crops_per_class_and_never_touches_
     assert np.bincount(labels[kept]).tolist() == [5, min(5, int((labels[train] == 1).sum())), 1]
     assert (kept == _limit_indices(train, labels, 5, seed=0)).all()
     assert not (kept == _limit_indices(train, labels, 5, seed=1)).all()
+
+
+def test_a_missing_lab_folder_is_named_before_anything_is_written(tmp_path):
+    """It was "[Errno 2] No such file or directory" from deep inside."""
+    from bmengine.engine.labels import LabelMap
+    from bmengine.training.finetune import labelled_view
+
+    with pytest.raises(FileNotFoundError, match="gone: folder of the lab's labelled crops not found"):
+        labelled_view(tmp_path / "gone", tmp_path / "view", ("neutrophil",), LabelMap())
+    assert not (tmp_path / "view").exists()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bmengine.engine.bench import machine_words
-from bmengine.training.trainer import TrainConfig, command_line, train
+from bmengine.training.trainer import TrainConfig, command_line, scan_training_data, train
 
 METRICS = ("accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1")
 
@@ -136,6 +136,7 @@ def _one(cfg: AblationConfig, backbone: str, attention: str, loss: str, log: Cal
 def run_ablation(cfg: AblationConfig, log: Callable[[str], None] = print) -> pd.DataFrame:
     rows = []
     runs = configurations(cfg)
+    scan_training_data(Path(cfg.data_dir), None)  # a data folder that cannot train is refused before the grid
     for n, (backbone, attention, loss) in enumerate(runs, 1):
         if attention != "none" and not _supports_attention(backbone):
             log(f"skip {backbone} + {attention}: attention goes into RegNet/ResNet-family backbones only")

@@ -49,6 +49,8 @@ def labelled_view(data_dir: Path, view: Path, classes: tuple[str, ...], label_ma
     from bmengine.training.dataset import IMAGE_SUFFIXES
 
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: folder of the lab's labelled crops not found")
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [f.name for f in folders if not label_map.ignored(f.name) and label_map(f.name) not in classes]
     if unknown:

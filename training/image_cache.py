@@ -46,6 +46,17 @@ def cache_file(files: Sequence[Path], size: int, cache_path: Path, hue_range=Non
     return Path(cache_path).with_name(f"{Path(cache_path).stem}-{key}.npy")
 
 
+class UndecodableImagesError(ValueError):
+    """Training images that do not decode: named, so the lab can remove or replace them (a model is not
+    trained on a silently smaller set than the split it records)."""
+
+    def __init__(self, errors: list[str]):
+        shown = "; ".join(errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        super().__init__(f"{len(errors)} training image(s) could not be decoded: {shown}. Remove or replace "
+                         "them and run the same command again")
+        self.errors = errors
+
+
 def cached_images(files: Sequence[Path], size: int, cache_path: Path | None, **kwargs) -> np.ndarray:
     """Decode ``files`` or load them from ``cache_path`` (keyed by the file list and size)."""
     if cache_path is not None:
@@ -54,7 +65,7 @@ def cached_images(files: Sequence[Path], size: int, cache_path: Path | None, **k
             return np.load(target, mmap_mode="r")
     images, errors = decode_files(files, size, **kwargs)
     if bad := [e for e in errors if e]:
-        raise ValueError(f"{len(bad)} training images could not be decoded, first: {bad[0]}")
+        raise UndecodableImagesError(bad)
     if cache_path is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".partial.npy")

@@ -108,6 +108,11 @@ def command_line(argv: list[str]) -> str:
     return " ".join([program, *argv[1:]])
 
 
+class TrainingDataError(ValueError):
+    """The data folder cannot be trained on (missing, no images, folders no taxonomy knows); nothing was
+    written. The message names the folder and what is wrong."""
+
+
 def resolve_taxonomy(classes: tuple[str, ...], name: str | None) -> str:
     from bmengine.engine.taxonomy import get_taxonomy, list_taxonomies
 
@@ -119,7 +124,22 @@ def resolve_taxonomy(classes: tuple[str, ...], name: str | None) -> str:
     for candidate in list_taxonomies():
         if set(get_taxonomy(candidate).classes) == set(classes):
             return candidate
-    raise ValueError(f"no shipped taxonomy has exactly the classes {list(classes)}; pass --taxonomy")
+    shipped = "; ".join(f"{t}: {', '.join(get_taxonomy(t).classes)}" for t in list_taxonomies())
+    raise ValueError(f"no shipped taxonomy has exactly the class folders {list(classes)}; pass --taxonomy "
+                     f"with one whose classes include them ({shipped})")
+
+
+def scan_training_data(data_dir: Path, taxonomy: str | None) -> tuple[str, tuple[str, ...]]:
+    """(taxonomy name, its classes) for a class-per-folder data folder, or ``TrainingDataError`` naming
+    the folder: checked before a run writes anything."""
+    from bmengine.engine.taxonomy import get_taxonomy
+
+    try:
+        name = resolve_taxonomy(ImageFolder.scan(data_dir).classes, taxonomy)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        message = str(err).strip('"')
+        raise TrainingDataError(message if str(data_dir) in message else f"{data_dir}: {message}") from None
+    return name, get_taxonomy(name).classes
 
 
 def _limit(dataset: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:
@@ -293,8 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     last = ckpt_dir / "last.pt"
     from bmengine.engine.taxonomy import get_taxonomy
 
-    taxonomy = resolve_taxonomy(ImageFolder.scan(Path(cfg.data_dir)).classes, cfg.taxonomy)
-    classes = get_taxonomy(taxonomy).classes  # label order is the taxonomy's, not the folders'
+    taxonomy, classes = scan_training_data(Path(cfg.data_dir), cfg.taxonomy)  # label order: the taxonomy's
     dataset, train_idx, val_idx = drawn_split(Path(cfg.data_dir), classes, cfg.limit_per_class, cfg.val_fraction,
                                               cfg.seed)
     if cfg.train_limit_per_class is not None:
@@ -305,6 +324,10 @@ def train(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         dataset, train_idx = with_replay(dataset, train_idx, replay)
         log(f"replay: {len(replay.files)} crops of the base run's training split ({replay.source}) mixed in; "
             f"the {n_own} own training crops repeated to {len(train_idx) - len(replay.files)}")
+    if len(train_idx) < cfg.batch_size:  # no full batch: not one step would run, yet a model would be saved
+        raise TrainingDataError(f"{cfg.data_dir}: {len(train_idx)} training crops (after holding out {len(val_idx)} "
+                                f"for validation) make no batch of --batch-size {cfg.batch_size}; lower "
+                                "--batch-size or add crops")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "split.json").write_text(json.dumps({
         "train": list(dict.fromkeys(str(dataset.files[i]) for i in train_idx)),  # once each, however often sampled

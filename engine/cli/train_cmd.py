@@ -112,11 +112,13 @@ def train(
         raise typer.BadParameter(str(exc)) from None
     from bmengine.training.checkpoint import UnsafeCheckpointError
     from bmengine.training.device import DeviceUnavailableError
-    from bmengine.training.trainer import InitWeightsError
+    from bmengine.training.image_cache import UndecodableImagesError
+    from bmengine.training.trainer import InitWeightsError, TrainingDataError
 
     try:
         summary = run_training(cfg, resume=resume, log=lambda msg: typer.echo(msg, err=True))
-    except (UnsafeCheckpointError, InitWeightsError, DeviceUnavailableError) as err:  # nothing trained: say why
+    except (UnsafeCheckpointError, InitWeightsError, DeviceUnavailableError, TrainingDataError,
+            UndecodableImagesError) as err:  # nothing trained: say why
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"best validation macro-F1 {summary['best_macro_f1']:.4f}; checkpoints in {out / 'checkpoints'}")

@@ -55,8 +55,9 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: list[s
             for i, c in enumerate(classes)
         },
         "per_class_f1": {c: float(f1[i]) for i, c in enumerate(classes)},
-        "per_class_average_precision": {
-            c: precision_recall_curve(y_true == i, probs[:, i])["average_precision"] for i, c in enumerate(classes)
+        "per_class_average_precision": {  # None (JSON null, not NaN) for a class no crop has: undefined
+            c: precision_recall_curve(y_true == i, probs[:, i])["average_precision"] if present[i] else None
+            for i, c in enumerate(classes)
         },
         "expected_calibration_error": expected_calibration_error(y_true, probs),
         "lenient_accuracy": lenient_accuracy(y_true, y_pred, classes, taxonomy) if taxonomy else None,

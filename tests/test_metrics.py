@@ -164,6 +164,20 @@ def test_report_carries_the_new_figures():
     assert report["expected_calibration_error"] == pytest.approx(abs(8 / 9 - 0.9125))  # every crop in one bin
 
 
+def test_a_report_over_some_classes_is_strict_json():
+    """A lab's folder holds a few of the model's classes: the others' average precision is undefined,
+    and was NaN, which `eval --json` and cards printed and strict JSON readers (jq, browsers) refuse."""
+    import json
+
+    probs = np.full((4, 8), 0.02)
+    probs[[0, 1, 2, 3], [6, 6, 4, 6]] = 0.86
+    report = classification_report(np.array([6, 6, 4, 4]), probs, list(get_taxonomy("pbc-blood-8").classes))
+    assert report["per_class_average_precision"]["basophil"] is None
+    assert report["per_class_average_precision"]["neutrophil"] == pytest.approx(precision_recall_curve(
+        np.array([1, 1, 0, 0], bool), probs[:, 6])["average_precision"])
+    json.loads(json.dumps(report, allow_nan=False))  # raises on NaN
+
+
 def _imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()

@@ -137,6 +137,12 @@ def test_explain_writes_grad_cam_and_smoothgrad_overlays(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr
     pngs = sorted(tmp_path.glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    # an exported model is explained through the checkpoint its card names (it was refused as unsafe)
+    exported = subprocess.run(BMENGINE + ["explain", str(trained_run), str(files[1]), "--out", str(tmp_path / "m"),
+                                          "--smooth-samples", "2"], capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    assert f"explaining its checkpoint {checkpoint}" in exported.stderr
+    assert len(list((tmp_path / "m").glob("*.png"))) == 1
 
 
 def test_hue_mapping_travels_from_training_to_the_card_and_the_engine(pbc_subset, tmp_path):

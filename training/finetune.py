@@ -73,7 +73,7 @@ class BaseModelNotFoundError(FileNotFoundError):
 
 
 def checkpoint_of(model: Path) -> Path:
-    """The trainer checkpoint to fine-tune: ``model`` itself, or, for an exported model (``.onnx``),
+    """The trainer checkpoint of a model (to fine-tune or explain): ``model`` itself, or, for an exported model (``.onnx``),
     the checkpoint its card names: the half-precision copy shipped beside the model (so the shipped
     default can be fine-tuned on a fresh clone), else the run's own file where it still is. Each
     must match the card's sha256: weights that changed since the export are not this model's."""
@@ -91,7 +91,7 @@ def checkpoint_of(model: Path) -> Path:
         if not (problem := named_file_problem(path, sha256)):
             return path
         tried.append(problem)
-    raise BaseModelNotFoundError(f"{model}: no checkpoint to fine-tune from: {'; '.join(tried)}")
+    raise BaseModelNotFoundError(f"{model}: the checkpoint it was exported from is not here: {'; '.join(tried)}")
 
 
 def base_split(checkpoint: Path) -> Path:

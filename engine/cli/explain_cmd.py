@@ -10,7 +10,8 @@ import typer
 
 
 def explain(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `bmengine train`.")],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint from `bmengine train`, or an exported .onnx whose "
+                                               "card names its checkpoint (the shipped default carries one beside it).")],
     crops: Annotated[list[Path], typer.Argument(help="Crop files, or folders to sample crops from.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs.")] = Path("explanations"),
     sample: Annotated[int, typer.Option(help="Crops drawn at random from each folder given.")] = 8,
@@ -33,11 +34,16 @@ def explain(
         else:
             typer.echo(f"error: {item}: no such file or folder", err=True)
             raise typer.Exit(2)
+    from bmengine.engine.model.card import ModelCardError
     from bmengine.training.checkpoint import UnsafeCheckpointError
+    from bmengine.training.finetune import checkpoint_of
 
     try:
-        explanations, pixels = run_explain(checkpoint, files, smooth_samples or 16)
-    except UnsafeCheckpointError as err:
+        weights = checkpoint_of(checkpoint)  # gradients need the network: an exported model's own checkpoint
+        if weights != checkpoint:
+            typer.echo(f"{checkpoint}: explaining its checkpoint {weights}", err=True)
+        explanations, pixels = run_explain(weights, files, smooth_samples or 16)
+    except (UnsafeCheckpointError, ModelCardError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,8 @@ def command_line(argv: list[str]) -> str:
 
 
 class TrainingDataError(ValueError):
-    """The data folder cannot be trained on (missing, no images, folders no taxonomy knows); nothing was
-    written. The message names the folder and what is wrong."""
+    """The data folder cannot be trained on (missing, no images, folders no taxonomy knows, fewer training
+    crops than one batch); nothing was written. The message names the folder and what is wrong."""
 
 
 def resolve_taxonomy(classes: tuple[str, ...], name: str | None) -> str:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 # `make test` runs one worker per core and each training test starts CLIs with 2 threads: OpenMP threads
-# that spin while they wait take the cores from the other worker (a fresh clone's suite took 767 s
-# instead of about 550 on 2 cores). Set before torch starts its threads; the CLIs inherit it.
+# that spin while they wait take the cores from the other worker (a fresh clone's suite on 2 AMD EPYC
+# cores: 767 s spinning, 685 s waiting passively). Set before torch starts its threads; the CLIs inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]

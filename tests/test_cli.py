@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import BMENGINE
+from conftest import BMENGINE, pbc_files
 
 
 def _run(*args):
@@ -99,8 +99,6 @@ def test_train_refuses_a_data_folder_it_cannot_train_on_naming_it_and_writing_no
     """Each was a traceback (exit 1), or, with fewer crops than a batch, a model saved after no step."""
     import shutil
 
-    from conftest import pbc_files
-
     pytest.importorskip("torch", reason="training needs the [train] extra")
     from bmengine.training.ablation import AblationConfig, run_ablation
     from bmengine.training.trainer import TrainConfig, TrainingDataError, train
@@ -113,8 +111,8 @@ def test_train_refuses_a_data_folder_it_cannot_train_on_naming_it_and_writing_no
     (data / "empty-class").mkdir()
     (tmp_path / "nothing").mkdir()
 
-    def config(folder, run="run", **extra):
-        return TrainConfig(data_dir=str(folder), run_dir=str(tmp_path / run), backbone="regnetx_002",
+    def config(folder, **extra):
+        return TrainConfig(data_dir=str(folder), run_dir=str(tmp_path / "run"), backbone="regnetx_002",
                            attention="none", resize=72, crop=64, epochs=1, **extra)
 
     cases = {tmp_path / "gone": "gone: dataset folder not found",

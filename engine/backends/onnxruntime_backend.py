@@ -16,8 +16,10 @@ def session_options(exact_int8: bool | None = None):
     ``exact_int8`` forces the exact-kernel entry on or off (benchmarks/int8_kernels.py compares)."""
     import onnxruntime as ort
 
+    if exact_int8 is None:
+        exact_int8 = not fast_int8_is_exact()
     so = ort.SessionOptions()
-    if exact_int8 if exact_int8 is not None else not fast_int8_is_exact():
+    if exact_int8:
         so.add_session_config_entry(*EXACT_INT8_ON_X86)
     return so
 
